@@ -7,6 +7,12 @@ chosen by the rule: the first decision happens at exit 1 (upstream DeeR
 compares exit 0 against layer-1 features the head never saw). Exit 0 is
 executed only when the model is capped to a single exit. The gripper is not
 part of the difference, as in the paper.
+
+Threshold values: ``inf`` means "always stop once this exit is reached" (the
+last allowed exit gets it), ``-inf`` means "never stop here" (an exit the
+budget leaves unused). The batched form :func:`first_exits` applies the same
+rule to a whole consistency matrix; the budget solvers use it, so calibration
+and run time share one definition of the rule.
 """
 from __future__ import annotations
 
@@ -15,30 +21,81 @@ from typing import Callable
 
 import numpy as np
 
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    'rms': lambda a, b: float(np.sqrt(np.mean((a - b) ** 2))),
-    'l1': lambda a, b: float(np.mean(np.abs(a - b))),
-    'linf': lambda a, b: float(np.max(np.abs(a - b))),
-    'cosine': lambda a, b: float(1.0 - np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)),
+# Each metric compares pose actions along the last axis, so it works for one
+# step (1-D) and for calibration batches (..., 6) alike.
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    'rms': lambda a, b: np.sqrt(np.mean((a - b) ** 2, axis=-1)),
+    'l1': lambda a, b: np.mean(np.abs(a - b), axis=-1),
+    'linf': lambda a, b: np.max(np.abs(a - b), axis=-1),
+    'cosine': lambda a, b: 1.0 - np.sum(a * b, axis=-1) / np.maximum(
+        np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12),
 }
+
+
+def check_metric(metric: str) -> None:
+    """Raise ``ValueError`` for a metric name the rule does not know."""
+    if metric not in METRICS:
+        raise ValueError(f'unknown exit metric {metric!r}; choose one of {sorted(METRICS)}')
+
+
+def exit_consistency(poses: np.ndarray, metric: str = 'rms') -> np.ndarray:
+    """Consistency of consecutive exits' pose actions.
+
+    Args:
+        poses: ``(..., num_exits, pose_dim)`` pose actions, one per exit.
+    Returns:
+        ``(..., num_exits)``: column k is the difference between exits k and
+        k-1; column 0 is NaN because exit 0 has nothing to be compared with.
+    """
+    check_metric(metric)
+    poses = np.asarray(poses, dtype=np.float64)
+    if poses.ndim < 2:
+        raise ValueError(f'poses must have shape (..., num_exits, pose_dim), got {poses.shape}')
+    first = np.full(poses.shape[:-2] + (1,), np.nan)
+    return np.concatenate([first, METRICS[metric](poses[..., 1:, :], poses[..., :-1, :])], axis=-1)
+
+
+def first_exits(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Exit chosen by the rule for every row of a consistency matrix.
+
+    Row i stops at the first k >= 1 with ``values[i, k] <= thresholds[k]``, else
+    at the last exit. With a single exit, every row stops at exit 0.
+
+    Args:
+        values: ``(N, num_exits)`` consistency values (column 0 is ignored).
+        thresholds: ``(num_exits,)`` per-exit thresholds.
+    Returns:
+        ``(N,)`` int exit indices.
+    """
+    values = np.asarray(values)
+    last = values.shape[1] - 1
+    if last == 0:
+        return np.zeros(values.shape[0], dtype=np.int64)
+    stops = values[:, 1:] <= np.asarray(thresholds)[1:]
+    stops[:, -1] = True
+    return np.argmax(stops, axis=1) + 1
 
 
 @dataclass
 class ExitCriterion:
-    """Per-exit thresholds and the difference metric. ``inf`` means "never stop here"."""
+    """Per-exit thresholds and the difference metric.
+
+    ``inf`` = always stop at this exit, ``-inf`` = never stop here; finite
+    thresholds must be >= 0 because every metric is >= 0.
+    """
 
     thresholds: np.ndarray
     metric: str = 'rms'
-    _distance: Callable[[np.ndarray, np.ndarray], float] = field(init=False, repr=False)
+    _distance: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f'unknown exit metric {self.metric!r}; choose one of {sorted(METRICS)}')
+        check_metric(self.metric)
         self.thresholds = np.asarray(self.thresholds, dtype=np.float64)
         if self.thresholds.ndim != 1 or self.thresholds.size == 0:
             raise ValueError('thresholds must be a non-empty 1-D array, one per exit')
-        if np.any(np.isnan(self.thresholds)) or np.any(self.thresholds < 0):
-            raise ValueError(f'thresholds must be >= 0 (inf allowed), got {self.thresholds.tolist()}')
+        finite = self.thresholds[np.isfinite(self.thresholds)]
+        if np.any(np.isnan(self.thresholds)) or np.any(finite < 0):
+            raise ValueError(f'thresholds must be >= 0, inf or -inf, got {self.thresholds.tolist()}')
         self._distance = METRICS[self.metric]
 
     @classmethod
@@ -47,7 +104,9 @@ class ExitCriterion:
 
         With the model capped at exit k this is the static-truncation baseline.
         """
-        return cls(np.full(num_exits, np.inf), metric)
+        thresholds = np.full(num_exits, -np.inf)
+        thresholds[-1] = np.inf
+        return cls(thresholds, metric)
 
     @property
     def num_exits(self) -> int:
@@ -55,10 +114,17 @@ class ExitCriterion:
 
     def consistency(self, pose: np.ndarray, previous_pose: np.ndarray) -> float:
         """Difference between two exits' pose actions under the configured metric."""
-        return self._distance(np.asarray(pose, dtype=np.float64), np.asarray(previous_pose, dtype=np.float64))
+        return float(self._distance(np.asarray(pose, dtype=np.float64), np.asarray(previous_pose, dtype=np.float64)))
 
     def should_exit(self, exit_index: int, consistency: float) -> bool:
         """True when the step may stop at ``exit_index`` given its consistency value."""
         if exit_index == 0:
             return False
         return bool(consistency <= self.thresholds[exit_index])
+
+    def select_exits(self, values: np.ndarray) -> np.ndarray:
+        """Exits the rule picks for a batch of consistency rows ``(N, num_exits)``."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != self.num_exits:
+            raise ValueError(f'values must have shape (N, {self.num_exits}), got {values.shape}')
+        return first_exits(values, self.thresholds)
