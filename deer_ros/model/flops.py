@@ -1,0 +1,94 @@
+"""Count the cost table of a model with ``torch.utils.flop_counter``.
+
+Each part of one control step (batch 1) runs once under ``FlopCounterMode``:
+both cameras' vision encoders + resamplers, the decoder group by group up to
+every exit, and one action-head step. Counting works on the meta device too,
+so the paper-sized config is counted without allocating its weights.
+Results are cached per config fingerprint in memory and on disk.
+
+``FlopCounterMode`` does not know the CPU flash-attention kernel that
+``scaled_dot_product_attention`` dispatches to on CPU, so its formula is
+registered here (the same count torch uses for the CUDA kernels).
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+
+from .configuration_deer import DeerConfig
+from .cost import CostTable
+from .modeling_deer import DeerVLA
+from .pretrained_weights import cache_dir
+
+_aten = torch.ops.aten
+
+
+@register_flop_formula(_aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _counted_gflops(function, *args) -> float:
+    with FlopCounterMode(display=False) as counter:
+        function(*args)
+    return counter.get_total_flops() / 1e9
+
+
+def _parameter_bytes(modules: list[torch.nn.Module]) -> int:
+    return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
+
+
+def count_cost_table(model: DeerVLA) -> CostTable:
+    """Count per-exit LLM GFLOPs, vision and head GFLOPs, and resident parameter bytes per cap.
+
+    Runs with autograd enabled: ``FlopCounterMode``'s module tracker fails on
+    parameters used directly as activations under ``no_grad``.
+    """
+    device = next(model.parameters()).device
+    static = torch.zeros(1, 200, 200, 3, dtype=torch.uint8, device=device)
+    gripper = torch.zeros(1, 84, 84, 3, dtype=torch.uint8, device=device)
+    proprio = torch.zeros(1, 15, device=device) if model.config.use_proprio else None
+    length = model.config.decoder.text_length
+    input_ids = torch.zeros(1, length, dtype=torch.long, device=device)
+    mask = torch.ones(1, length, dtype=torch.long, device=device)
+
+    vision_gflops = _counted_gflops(model.encode_vision, static, gripper, proprio)
+    visual = model.encode_vision(static, gripper, proprio)
+    llm_gflops = []
+    with FlopCounterMode(display=False) as counter:
+        for _ in model.iter_exit_features(visual, input_ids, mask):
+            llm_gflops.append(counter.get_total_flops() / 1e9)
+    feature = torch.zeros(1, 1, model.config.decoder.hidden_size, device=device)
+    head_gflops = _counted_gflops(model.action_head, feature)
+
+    every = model.config.decoder.cross_attention_every
+    shared = [model.vision_encoders, model.resamplers, model.embed_tokens, model.action_head]
+    if model.proprio_proj is not None:
+        shared.append(model.proprio_proj)
+    param_bytes = tuple(
+        _parameter_bytes(shared + list(model.layers[:layers])
+                         + list(model.cross_attention[:len(range(0, layers, every))]))
+        for layers in model.exit_layers)
+    return CostTable(model.exit_layers, tuple(llm_gflops), vision_gflops, head_gflops, param_bytes)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_cost_table(fingerprint: str, config_json: str) -> CostTable:
+    path = cache_dir() / 'costs' / f'{fingerprint}.json'
+    if path.is_file():
+        return CostTable.from_json(path)
+    config = DeerConfig.from_dict(json.loads(config_json))
+    with torch.device('meta'):
+        model = DeerVLA(config)
+    table = count_cost_table(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_json(path)
+    return table
+
+
+def cost_table_for(config: DeerConfig) -> CostTable:
+    """The cost table of ``config`` (counted once on the meta device, then cached)."""
+    return _cached_cost_table(config.fingerprint(), json.dumps(config.to_dict(), sort_keys=True))

@@ -1,0 +1,105 @@
+"""Incremental early-exit inference: the DeeR policy loop for one robot.
+
+Per control step: encode both cameras once, then run the decoder one exit
+group at a time; after each group the shared head proposes an action from the
+exit's feature and the current LSTM state (without committing the state), and
+the exit criterion decides whether to stop. The LSTM state advances only with
+the chosen exit's feature, reusing the tentative head output (no extra head
+pass). Nothing grows with the episode length: the only carried state is the
+LSTM (h, c) and the cached instruction tokens.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from deer_ros.model.cost import CostTable
+from deer_ros.model.modeling_deer import DeerVLA, LSTMState
+from deer_ros.model.tokenization import InstructionTokenizer
+
+from .exit_criterion import ExitCriterion
+from .types import GRIPPER_CLOSE, GRIPPER_OPEN, Action, ExitInfo, Observation
+
+
+class NonFiniteActionError(RuntimeError):
+    """The model produced NaN/inf: the caller must not send this action to a robot."""
+
+
+class EarlyExitPolicy:
+    """``reset()`` per episode/instruction, ``step(observation, instruction)`` per control tick."""
+
+    def __init__(self, model: DeerVLA, criterion: ExitCriterion, cost_table: CostTable,
+                 tokenizer: InstructionTokenizer | None = None) -> None:
+        self.model = model.eval()
+        self.cost_table = cost_table
+        self.tokenizer = tokenizer or InstructionTokenizer(model.config.decoder)
+        self.device = next(model.parameters()).device
+        self.set_criterion(criterion)
+        self._state: LSTMState | None = None
+        self._instruction: str | None = None
+        self._tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def num_exits(self) -> int:
+        return self.model.num_exits
+
+    def set_criterion(self, criterion: ExitCriterion) -> None:
+        if criterion.num_exits != self.num_exits:
+            raise ValueError(f'criterion has {criterion.num_exits} thresholds but the model has {self.num_exits} exits')
+        self.criterion = criterion
+
+    def set_num_exits(self, num_exits: int, criterion: ExitCriterion) -> None:
+        """Lower the cap (drops layers and frees their weights); raising it needs a reload."""
+        if num_exits > self.num_exits:
+            raise ValueError(f'cannot raise the cap from {self.num_exits} to {num_exits} without reloading the model')
+        self.model.truncate(num_exits)
+        self.cost_table = self.cost_table.truncated(num_exits)
+        self.set_criterion(criterion)
+
+    def reset(self) -> None:
+        """Forget the step history (new episode or new instruction)."""
+        self._state = None
+
+    def _instruction_tokens(self, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if instruction != self._instruction:
+            ids, mask = self.tokenizer([instruction])
+            self._tokens = ids.to(self.device), mask.to(self.device)
+            self._instruction = instruction
+        assert self._tokens is not None
+        return self._tokens
+
+    def _as_batch(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(0).to(self.device)
+
+    @torch.inference_mode()
+    def step(self, observation: Observation, instruction: str) -> tuple[Action, ExitInfo]:
+        """One control step. Raises ``ValueError`` for bad input and :class:`NonFiniteActionError` for NaN output."""
+        started = time.perf_counter()
+        observation.validate()
+        input_ids, mask = self._instruction_tokens(instruction)
+        proprio = None if observation.proprio is None else self._as_batch(np.asarray(observation.proprio, np.float32))
+        visual = self.model.encode_vision(self._as_batch(observation.rgb_static),
+                                          self._as_batch(observation.rgb_gripper), proprio)
+        consistency: list[float] = []
+        previous_pose: np.ndarray | None = None
+        for exit_index, feature in self.model.iter_exit_features(visual, input_ids, mask):
+            output = self.model.action_head(feature.unsqueeze(1), self._state)
+            pose = output.pose[0, 0].double().cpu().numpy()
+            value = float('nan') if previous_pose is None else self.criterion.consistency(pose, previous_pose)
+            consistency.append(value)
+            if self.criterion.should_exit(exit_index, value):
+                break
+            previous_pose = pose
+        gripper_logit = float(output.gripper_logit[0, 0])
+        if not (np.all(np.isfinite(pose)) and np.isfinite(gripper_logit)):
+            raise NonFiniteActionError(f'non-finite action at exit {exit_index}: pose={pose}, gripper={gripper_logit}')
+        self._state = output.state
+        action = Action(pose=np.clip(pose, -1.0, 1.0), gripper=GRIPPER_OPEN if gripper_logit > 0 else GRIPPER_CLOSE)
+        info = ExitInfo(
+            exit_index=exit_index, exit_layer=self.model.exit_layers[exit_index], num_exits=self.num_exits,
+            llm_gflops=self.cost_table.llm_gflops[exit_index], total_gflops=self.cost_table.total_gflops(exit_index),
+            latency_ms=(time.perf_counter() - started) * 1e3, consistency=consistency,
+            thresholds=self.criterion.thresholds.tolist())
+        return action, info
