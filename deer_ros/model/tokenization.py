@@ -15,7 +15,7 @@ import torch
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedTokenizerBase
 
 from .configuration_deer import DecoderConfig
-from .pretrained_weights import smollm2_location
+from .pretrained_weights import cache_dir, smollm2_location
 
 
 @functools.lru_cache(maxsize=4)
@@ -23,8 +23,13 @@ def _load_tokenizer(kind: str, path: str | None) -> PreTrainedTokenizerBase:
     if kind == 'byte':
         return ByT5Tokenizer()
     if kind == 'smollm2':
-        directory, gguf_file = smollm2_location()
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+        cached = cache_dir() / 'smollm2-135m' / 'tokenizer'
+        if cached.is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+        else:  # parsing the GGUF vocabulary takes seconds: do it once
+            directory, gguf_file = smollm2_location()
+            tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+            tokenizer.save_pretrained(cached)
     else:
         if path is None or not Path(path).is_dir():
             raise FileNotFoundError(f'tokenizer directory not found: {path}')
