@@ -3,7 +3,7 @@
 The threshold solvers need, for many (window, timestep) samples, the
 difference between each exit's pose action and the previous exit's. Upstream
 DeeR cached these inside the checkpoint and re-saved it; here they live in a
-separate ``.npz`` beside the checkpoint, tied to it by a SHA-256, so the
+separate ``.npz`` beside the weights, tied to them by a SHA-256, so the
 checkpoint is never rewritten and a stale file is detected instead of used.
 
 File layout (``numpy.savez``, no pickled objects): ``values`` float64
@@ -26,6 +26,7 @@ from deer_ros.policy.exit_criterion import check_metric
 
 FORMAT_VERSION = 1
 CALIBRATION_SUFFIX = '.calibration.npz'
+CALIBRATION_FILE = 'calibration.npz'
 
 
 class CalibrationFileError(ValueError):
@@ -137,8 +138,15 @@ class CalibrationData:
 
 
 def calibration_path(checkpoint: str | Path) -> Path:
-    """Where the calibration of ``checkpoint`` lives: ``<dir>/<stem>.calibration.npz``."""
+    """Where the calibration of ``checkpoint`` lives.
+
+    A checkpoint directory (``config.json`` + ``model.safetensors``) gets
+    ``<dir>/calibration.npz``; a single checkpoint file gets
+    ``<dir>/<stem>.calibration.npz``. Either way the weights are not touched.
+    """
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        return checkpoint / CALIBRATION_FILE
     return checkpoint.with_name(checkpoint.stem + CALIBRATION_SUFFIX)
 
 
@@ -148,4 +156,16 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     with open(path, 'rb') as handle:
         for chunk in iter(lambda: handle.read(chunk_bytes), b''):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(checkpoint: str | Path) -> str:
+    """Identity of a checkpoint: its file's hash, or for a directory the hash of its config and weights."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        return file_sha256(checkpoint)
+    from deer_ros.model.modeling_deer import CONFIG_NAME, WEIGHTS_NAME  # torch only when a model is involved
+    digest = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        digest.update(f'{name}:{file_sha256(checkpoint / name)};'.encode())
     return digest.hexdigest()

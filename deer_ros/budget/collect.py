@@ -1,0 +1,115 @@
+"""Collect consistency values from a model on held-out demonstration windows.
+
+For each window and each probed position s: the LSTM history is built from
+frames < s, each frame's feature taken from a random exit (histories are
+mixed-exit at run time too); then frame s's feature from every exit is fed
+one step from that history, and consecutive exits' pose actions are compared
+with the exit metric. That is exactly the comparison the exit rule makes at
+run time, so thresholds solved on these values transfer.
+
+Differences from upstream DeeR: history exits are drawn from exits 1..n-1,
+because exit 0 is never executed at run time (upstream drew from all exits);
+the values go to a file beside the checkpoint instead of into it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from deer_ros.budget.calibration import CalibrationData
+from deer_ros.model.modeling_deer import DeerVLA, LSTMState
+from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.policy.exit_criterion import exit_consistency
+from deer_ros.sim.dataset import LanguageWindows
+
+
+def default_positions(window: int) -> tuple[int, ...]:
+    """Probe the second half of the window, so every probe has a history (upstream: 5..10 of 12)."""
+    return tuple(range(max(1, window // 2 - 1), window - 1)) or (window - 1,)
+
+
+def history_exits(rng: np.random.Generator, shape: tuple[int, ...], num_exits: int) -> np.ndarray:
+    """Random exit per history frame, among the exits the rule can choose (1..n-1; 0 for one exit)."""
+    low = 1 if num_exits > 1 else 0
+    return rng.integers(low, num_exits, size=shape)
+
+
+def _repeat_state(state: LSTMState, times: int) -> LSTMState:
+    """Each batch row's state repeated ``times`` times, for one branch per exit."""
+    return tuple(part.repeat_interleave(times, dim=1) for part in state)  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def window_consistency(model: DeerVLA, features: torch.Tensor, exits: np.ndarray, positions: Sequence[int],
+                       metric: str) -> np.ndarray:
+    """Consistency rows for windows whose per-exit features are already computed.
+
+    Args:
+        features: ``(B, W, num_exits, hidden)`` exit features of every frame.
+        exits: ``(B, W)`` exit whose feature enters the history at each frame.
+        positions: frames s to probe; the history is frames 0..s-1.
+    Returns:
+        ``(B * len(positions), num_exits)``, rows ordered window-major.
+    """
+    batch, _, num_exits, _ = features.shape
+    rows = torch.arange(batch, device=features.device)
+    chosen = features[rows[:, None], torch.arange(features.shape[1], device=features.device),
+                      torch.as_tensor(exits, device=features.device)]
+    head = model.action_head
+    state: LSTMState | None = None
+    probes: dict[int, np.ndarray] = {}
+    last = max(positions)
+    for s in range(last + 1):
+        if s in positions:
+            branch = None if state is None else _repeat_state(state, num_exits)
+            step = features[:, s].reshape(batch * num_exits, 1, -1)
+            poses = head(step, branch).pose.reshape(batch, num_exits, -1)
+            probes[s] = exit_consistency(poses.double().cpu().numpy(), metric)
+        if s < last:
+            state = head(chosen[:, s:s + 1], state).state
+    return np.stack([probes[s] for s in positions], axis=1).reshape(-1, num_exits)
+
+
+@torch.no_grad()
+def collect_calibration(model: DeerVLA, tokenizer: InstructionTokenizer, windows: LanguageWindows, *,
+                        metric: str = 'rms', positions: Sequence[int] | None = None, batch_size: int = 8,
+                        max_windows: int | None = None, seed: int = 0, progress: bool = True,
+                        metadata: dict | None = None) -> CalibrationData:
+    """Consistency matrix of ``model`` on (a random subset of) ``windows``.
+
+    ``windows`` must load ``rgb_static``, ``rgb_gripper`` and, for models using
+    proprioception, ``robot_obs``. ``metadata`` (e.g. the checkpoint hash) is
+    stored with the values next to what this function knows (window size,
+    positions, seed, counts).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    window = windows.window
+    positions = tuple(sorted(set(positions or default_positions(window))))
+    if not positions or positions[0] < 0 or positions[-1] >= window:
+        raise ValueError(f'positions must lie in [0, {window - 1}], got {list(positions)}')
+    if len(windows) == 0:
+        raise ValueError(f'no {window}-frame language windows in {windows.split_dir}')
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(windows))[:max_windows]
+    chunks = []
+    for start in tqdm(range(0, order.size, batch_size), desc='calibration', unit='batch', disable=not progress):
+        items = [windows[int(i)] for i in order[start:start + batch_size]]
+        frames = {key: torch.from_numpy(np.concatenate([item.frames[key] for item in items])).to(device)
+                  for key in ('rgb_static', 'rgb_gripper')}
+        proprio = None
+        if model.config.use_proprio:
+            proprio = torch.from_numpy(np.concatenate([item.frames['robot_obs'] for item in items])).float().to(device)
+        input_ids, mask = tokenizer([item.instruction for item in items])
+        input_ids = input_ids.to(device).repeat_interleave(window, dim=0)
+        mask = mask.to(device).repeat_interleave(window, dim=0)
+        visual = model.encode_vision(frames['rgb_static'], frames['rgb_gripper'], proprio)
+        features = model.exit_features(visual, input_ids, mask).reshape(len(items), window, model.num_exits, -1)
+        exits = history_exits(rng, (len(items), window), model.num_exits)
+        chunks.append(window_consistency(model, features, exits, positions, metric))
+    info = {'window_size': window, 'positions': list(positions), 'num_windows': int(order.size), 'seed': seed,
+            'history_exits': 'uniform over exits 1..n-1', 'split_dir': str(windows.split_dir)}
+    return CalibrationData(np.concatenate(chunks), metric, model.exit_layers, {**info, **(metadata or {})})

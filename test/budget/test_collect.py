@@ -1,0 +1,86 @@
+"""Calibration collection with the real (tiny, random-init) model on a CALVIN-format dataset."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
+from deer_ros.budget.collect import collect_calibration, default_positions, history_exits, window_consistency
+from deer_ros.budget.solver import solve_average_budget
+from deer_ros.model import DeerVLA, load_config
+from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.policy.exit_criterion import exit_consistency
+from deer_ros.sim.dataset import FRAME_SHAPES, Annotation, CalvinDatasetWriter, LanguageWindows
+
+WINDOW = 6
+
+
+@pytest.fixture(scope='module')
+def model() -> DeerVLA:
+    torch.manual_seed(0)
+    model = DeerVLA(load_config('tiny')).eval()
+    with torch.no_grad():  # open the zero-initialised gates so images reach the decoder
+        for block in model.cross_attention:
+            block.attention_gate.fill_(1.0)
+            block.feed_forward_gate.fill_(1.0)
+    return model
+
+
+@pytest.fixture(scope='module')
+def windows(tmp_path_factory) -> LanguageWindows:
+    root = tmp_path_factory.mktemp('calvin')
+    rng = np.random.default_rng(0)
+    with CalvinDatasetWriter(root, compress=False) as writer:
+        for episode in range(2):
+            frames = {key: (rng.integers(0, 256, (16, *shape), dtype=np.uint8) if key.startswith('rgb_')
+                            else rng.uniform(-1, 1, (16, *shape))) for key, shape in FRAME_SHAPES.items()}
+            writer.add_episode('validation', frames, [Annotation(0, 15, 'open the drawer', 'open_drawer')])
+    return LanguageWindows(root / 'validation', window=WINDOW, stride=2, keys=('rgb_static', 'rgb_gripper'))
+
+
+def test_batched_values_match_a_step_by_step_reference(model):
+    """Branching one LSTM state per exit must equal stepping the head sample by sample."""
+    rng = np.random.default_rng(1)
+    features = torch.randn(3, WINDOW, model.num_exits, model.config.decoder.hidden_size)
+    exits = history_exits(rng, (3, WINDOW), model.num_exits)
+    positions = (0, 2, 4)
+    values = window_consistency(model, features, exits, positions, 'rms').reshape(3, 3, -1)
+    assert exits.min() >= 1
+    with torch.no_grad():
+        for b in range(3):
+            for p, s in enumerate(positions):
+                state = None
+                for t in range(s):
+                    state = model.action_head(features[b, t, exits[b, t]].view(1, 1, -1), state).state
+                poses = torch.cat([model.action_head(features[b, s, k].view(1, 1, -1), state).pose[0]
+                                   for k in range(model.num_exits)]).double().numpy()
+                np.testing.assert_allclose(values[b, p], exit_consistency(poses), rtol=1e-5, atol=1e-7)
+
+
+def test_collect_save_load_and_solve(model, windows, tmp_path):
+    tokenizer = InstructionTokenizer(model.config.decoder)
+    model.save_pretrained(tmp_path / 'ckpt')
+    digest = checkpoint_sha256(tmp_path / 'ckpt')
+    data = collect_calibration(model, tokenizer, windows, batch_size=4, progress=False,
+                               metadata={'checkpoint_sha256': digest})
+    positions = default_positions(WINDOW)
+    assert data.values.shape == (len(windows) * len(positions), model.num_exits)
+    assert data.exit_layers == model.exit_layers and data.metadata['window_size'] == WINDOW
+    assert np.all(data.values[:, 1:] > 0)
+    path = data.save(calibration_path(tmp_path / 'ckpt'))
+    assert path == tmp_path / 'ckpt' / 'calibration.npz'
+    loaded = CalibrationData.load(path, checkpoint_sha256=checkpoint_sha256(tmp_path / 'ckpt'),
+                                  exit_layers=model.exit_layers)
+    np.testing.assert_array_equal(loaded.values, data.values)
+    again = collect_calibration(model, tokenizer, windows, batch_size=3, progress=False)
+    np.testing.assert_allclose(again.values, data.values, rtol=1e-5)  # same seed, other batching
+    costs = np.arange(1.0, model.num_exits + 1)
+    result = solve_average_budget(data.values, costs, 3.5, tolerance=0.1)
+    assert abs(result.realised_cost - 3.5) <= 0.35
+
+
+def test_bad_positions_rejected(model, windows):
+    with pytest.raises(ValueError, match='positions'):
+        collect_calibration(model, InstructionTokenizer(model.config.decoder), windows, positions=[WINDOW],
+                            progress=False)
