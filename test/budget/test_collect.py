@@ -84,3 +84,14 @@ def test_bad_positions_rejected(model, windows):
     with pytest.raises(ValueError, match='positions'):
         collect_calibration(model, InstructionTokenizer(model.config.decoder), windows, positions=[WINDOW],
                             progress=False)
+
+
+def test_calibrate_command_writes_beside_the_weights(model, windows, tmp_path, capsys):
+    from deer_ros.cli import main
+    model.save_pretrained(tmp_path / 'ckpt')
+    assert main(['calibrate', '--checkpoint', str(tmp_path / 'ckpt'), '--data', str(windows.split_dir),
+                 '--window', str(WINDOW), '--stride', '4', '--max-windows', '3']) == 0
+    data = CalibrationData.load(tmp_path / 'ckpt' / 'calibration.npz',
+                                checkpoint_sha256=checkpoint_sha256(tmp_path / 'ckpt'))
+    assert data.metadata['num_windows'] == 3
+    assert 'feasible average LLM budget' in capsys.readouterr().out
