@@ -70,6 +70,8 @@ def search_space(offline: np.ndarray, radius: float = 0.5) -> SearchSpace:
     A zero threshold borrows a tenth of the mean free threshold as its scale so
     its interval is not empty.
     """
+    if not radius > 0:
+        raise ValueError(f'radius must be > 0, got {radius}')
     base = np.asarray(offline, dtype=np.float64)
     free = np.flatnonzero(np.isfinite(base[:-1]))
     free = free[free >= 1]
@@ -151,6 +153,8 @@ def refine_thresholds(evaluate: Evaluate, offline: np.ndarray, budget: float, st
     budget = check_budget(budget)
     if n_calls < 1 or n_initial_points < 1:
         raise ValueError(f'n_calls and n_initial_points must be >= 1, got {n_calls}, {n_initial_points}')
+    if not penalty >= 0:
+        raise ValueError(f'penalty must be >= 0, got {penalty}')
     space = search_space(offline, radius)
     header = {'version': STATE_VERSION, 'space': space.to_json(), 'budget': budget, 'penalty': float(penalty)}
     state = _StateFile(Path(state_path), header)

@@ -94,6 +94,8 @@ def test_search_space_keeps_unused_and_last_exits_fixed():
     assert space.high[1] > 0
     with pytest.raises(ValueError, match='no finite thresholds'):
         search_space(np.array([-np.inf, -np.inf, np.inf]))
+    with pytest.raises(ValueError, match='radius'):
+        search_space(np.array([-np.inf, 0.02, np.inf]), radius=0.0)
 
 
 def test_objective_penalises_only_overspending():
