@@ -1,0 +1,62 @@
+"""``deer-ros train``: two-stage multi-exit training on a CALVIN-format dataset.
+
+Single process: ``deer-ros train --data DATA --output runs/x``. Several GPUs
+or nodes: ``torchrun --nproc-per-node 8 -m deer_ros.cli train ...`` (each
+process takes its share of every epoch; ``--batch-size`` is per process).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from .config import PRECISIONS, SCHEDULES, TrainConfig
+from .parameters import GROUPS
+
+_HELP = {
+    'data': 'dataset root holding training/ and validation/ (CALVIN layout)',
+    'output': 'run directory: policy/, last/, metrics.csv',
+    'model': 'config name (tiny, smollm2), config file, or checkpoint directory to start from',
+    'window': 'frames per training window',
+    'stride': 'frames between training-window starts',
+    'batch_size': 'windows per process and step',
+    'joint_steps': 'optimizer steps of the joint stage (backbone + all heads)',
+    'head_steps': 'optimizer steps of the heads stage (shared head only, backbone frozen)',
+    'lr': 'backbone learning rate in the joint stage',
+    'head_lr_scale': 'heads learning rate = lr * this, in the joint stage',
+    'head_stage_lr': 'shared-head learning rate in the heads stage',
+    'freeze': f'parameter groups frozen in the joint stage ({", ".join(GROUPS)}); '
+              'default: a pretrained decoder and its embeddings when the model config says freeze_pretrained',
+    'precision': 'autocast dtype on GPU (CPU always runs fp32)',
+    'device': 'auto, cpu, cuda or cuda:N',
+    'val_windows': 'validation windows scored every --eval-every steps (0: none)',
+    'calibration_windows': 'validation windows for the calibration file (0: skip calibration)',
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`TrainConfig` field (``--joint-steps`` for ``joint_steps``), plus ``--resume``."""
+    for field in dataclasses.fields(TrainConfig):
+        flag = '--' + field.name.replace('_', '-')
+        help_text = _HELP.get(field.name)
+        if field.name in ('data', 'output'):
+            parser.add_argument(flag, required=True, help=help_text)
+        elif field.name == 'freeze':
+            parser.add_argument(flag, nargs='*', choices=sorted(GROUPS), default=None, help=help_text)
+        elif field.name == 'progress':
+            parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
+        else:
+            choices = {'precision': PRECISIONS, 'schedule': SCHEDULES}.get(field.name)
+            parser.add_argument(flag, type=type(field.default), default=field.default, choices=choices,
+                                help=f'{help_text + "; " if help_text else ""}default: %(default)s')
+    parser.add_argument('--resume', action='store_true', help='continue from OUTPUT/last if it exists')
+
+
+def run(args: argparse.Namespace) -> int:
+    from .trainer import train  # torch and the model load only when training runs
+
+    options = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
+    result = train(TrainConfig(**options), resume=args.resume)
+    print(f'trained {result.steps} steps in {result.seconds / 60:.1f} min -> {result.policy_dir}')
+    if result.calibration_file is not None:
+        print(f'calibration: {result.calibration_file}')
+    return 0

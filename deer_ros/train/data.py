@@ -1,0 +1,97 @@
+"""Training batches from CALVIN-format splits: windows of consecutive frames under one instruction.
+
+Reading goes through :class:`deer_ros.sim.dataset.LanguageWindows`, so real
+CALVIN (extra depth/tactile keys, float64 states) and our simulator's demos
+load the same way; only the keys the model needs are decoded. Targets follow
+CALVIN's ``rel_actions``: 6 pose deltas in [-1, 1] and a gripper sign, turned
+into a {0, 1} open-probability target for the BCE term.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.sim.dataset import LanguageWindows
+
+Batch = dict[str, torch.Tensor]
+
+
+def window_keys(use_proprio: bool) -> tuple[str, ...]:
+    """Frame keys read from disk; ``robot_obs`` only for models that take proprioception."""
+    return ('rgb_static', 'rgb_gripper', 'rel_actions') + (('robot_obs',) if use_proprio else ())
+
+
+class ActionWindows(Dataset):
+    """``LanguageWindows`` items as arrays the model trains on: images, optional proprio, pose and gripper targets."""
+
+    def __init__(self, windows: LanguageWindows) -> None:
+        if 'rel_actions' not in windows.keys:
+            raise ValueError('training windows must load rel_actions')
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        window = self.windows[item]
+        actions = window.frames['rel_actions'].astype(np.float32)
+        sample = {'rgb_static': window.frames['rgb_static'], 'rgb_gripper': window.frames['rgb_gripper'],
+                  'pose': np.clip(actions[:, :6], -1.0, 1.0), 'gripper': (actions[:, 6] > 0).astype(np.float32),
+                  'instruction': window.instruction}
+        if 'robot_obs' in window.frames:
+            sample['proprio'] = window.frames['robot_obs'].astype(np.float32)
+        return sample
+
+
+class WindowCollator:
+    """Stacks samples and tokenizes their instructions (one token row per window, not per frame)."""
+
+    def __init__(self, tokenizer: InstructionTokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples: list[dict[str, Any]]) -> Batch:
+        batch = {key: torch.from_numpy(np.stack([s[key] for s in samples]))
+                 for key in samples[0] if key != 'instruction'}
+        batch['input_ids'], batch['text_mask'] = self.tokenizer([s['instruction'] for s in samples])
+        return batch
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Endless batches of a seeded permutation per epoch, this process's share only.
+
+    Each rank takes every ``world``-th index of the same permutation, and the
+    incomplete last batch is dropped, so all ranks run the same number of
+    steps. Starting at ``start_batch`` resumes the exact sequence: the order
+    depends only on (seed, epoch), never on how many runs came before.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 start_batch: int = 0) -> None:
+        self.batches_per_epoch = size // (batch_size * world)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f'{size} training windows cannot fill one batch of {batch_size} windows '
+                             f'on each of {world} processes; lower --batch-size or add data')
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world, self.start_batch = rank, world, start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, offset = divmod(self.start_batch, self.batches_per_epoch)
+        while True:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            mine = order[self.rank::self.world].tolist()
+            for batch in range(offset, self.batches_per_epoch):
+                yield mine[batch * self.batch_size:(batch + 1) * self.batch_size]
+            epoch, offset = epoch + 1, 0
+
+
+def open_split(root: Path, split: str, window: int, stride: int, use_proprio: bool) -> ActionWindows:
+    """Windows of ``root/split`` (``training`` or ``validation``), reading only the keys the model uses."""
+    split_dir = Path(root) / split
+    if not (split_dir / 'lang_annotations').is_dir():
+        raise FileNotFoundError(f'{split_dir} is not a CALVIN-format split (no lang_annotations/)')
+    return ActionWindows(LanguageWindows(split_dir, window=window, stride=stride, keys=window_keys(use_proprio)))

@@ -1,0 +1,275 @@
+"""The training loop: joint stage, heads stage, then the shipped policy and its calibration.
+
+Outputs under ``config.output``::
+
+    policy/            config.json + model.safetensors + calibration.npz (what ``load_model`` and the nodes use)
+    last/              resume point (also loadable as a policy; adds aux heads and optimizer state)
+    metrics.csv        step,stage,name,value (train/* every log_every steps, val/* every eval_every)
+    train_config.json  the settings of the run
+
+Random streams (dropout, exit choices, image shifts) are re-seeded from
+(seed, rank, global step) at every stage start and save point, so a resumed run draws exactly
+what an uninterrupted one would, on every rank, without saving RNG states.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
+from deer_ros.budget.collect import collect_calibration
+from deer_ros.model import load_model
+from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.sim.dataset import LanguageWindows
+
+from .augment import random_shift
+from .checkpoint import ResumePoint, has_resume_point, load_resume_point, save_resume_point
+from .config import STAGES, TrainConfig
+from .data import ActionWindows, Batch, EpochBatchSampler, WindowCollator, open_split
+from .distributed import DistContext, init_distributed, shutdown_distributed
+from .heads import per_step_exits, switching_exits
+from .metrics import MetricsLog
+from .objective import MultiExitObjective
+from .optim import build_optimizer, build_scheduler
+from .parameters import check_groups, default_frozen
+
+POLICY_DIR = 'policy'
+LAST_DIR = 'last'
+CONFIG_FILE = 'train_config.json'
+_AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+@dataclass
+class TrainResult:
+    policy_dir: Path
+    calibration_file: Path | None
+    steps: int
+    seconds: float
+    val_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run (or, with ``resume``, continue) the two-stage training described by ``config``."""
+    context, device = init_distributed(config.device)
+    try:
+        return Trainer(config, context, device, resume).run()
+    finally:
+        shutdown_distributed(context)
+
+
+class Trainer:
+    """One process's share of a run; the main process also logs, saves and calibrates."""
+
+    def __init__(self, config: TrainConfig, context: DistContext, device: torch.device, resume: bool) -> None:
+        self.config, self.context, self.device = config, context, device
+        self.output = config.output_dir
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.point: ResumePoint | None = None
+        if resume and has_resume_point(self.output / LAST_DIR):
+            model, aux_heads, self.point = load_resume_point(self.output / LAST_DIR, device)
+            self.objective = MultiExitObjective(model, config.gripper_weight).to(device)
+            self.objective.aux_heads.load_state_dict(aux_heads)
+        else:
+            torch.manual_seed(config.seed)  # the same initial weights on every rank
+            model = load_model(config.model, device=device)
+            self.objective = MultiExitObjective(model, config.gripper_weight).to(device)
+        self.frozen = check_groups(config.freeze) if config.freeze is not None else default_frozen(model.config)
+        self.amp_dtype = _AMP_DTYPES.get(config.precision) if device.type == 'cuda' else None
+        self.generator = torch.Generator()
+        self.tokenizer = InstructionTokenizer(model.config.decoder)
+        self.train_set = open_split(Path(config.data), 'training', config.window, config.stride, model.config.use_proprio)
+        self.val_set = self._validation_windows()
+        self.metrics = None
+        self.val_metrics: dict[str, float] = {}
+        if context.is_main:
+            config.save(self.output / CONFIG_FILE)
+            self.metrics = MetricsLog(self.output, self.point.global_step if self.point else None)
+            self._say(f'{len(self.train_set)} training windows, {len(self.val_set or [])} validation windows; '
+                      f'device {device}, {context.world} process(es), precision '
+                      f'{config.precision if self.amp_dtype else "fp32"}; frozen in the joint stage: '
+                      f'{list(self.frozen) or "nothing"}')
+
+    # ---------------------------------------------------------------- helpers
+    def _say(self, message: str) -> None:
+        if self.context.is_main and self.config.progress:
+            tqdm.write(message)
+
+    def _validation_windows(self) -> ActionWindows | None:
+        """A fixed, seeded subset of non-overlapping validation windows (None when the split has none)."""
+        if self.config.val_windows == 0 or not (Path(self.config.data) / 'validation').is_dir():
+            return None
+        windows = open_split(Path(self.config.data), 'validation', self.config.window, self.config.window,
+                             self.objective.model.config.use_proprio)
+        if len(windows) == 0:
+            return None
+        order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(self.config.seed))
+        return Subset(windows, order[:self.config.val_windows].tolist())  # type: ignore[return-value]
+
+    def _seed_streams(self, global_step: int) -> None:
+        seed = ((self.config.seed * 1_000_003 + self.context.rank) * 1_000_033 + global_step) % 2**62
+        torch.manual_seed(seed)
+        self.generator.manual_seed(seed)
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _to_device(self, batch: Batch, augment: bool) -> Batch:
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        if augment:
+            for key, pad in (('rgb_static', self.config.static_pad), ('rgb_gripper', self.config.gripper_pad)):
+                images = batch[key]
+                batch[key] = random_shift(images.flatten(0, 1), pad, self.generator).view(images.shape)
+        return batch
+
+    def _loader(self, dataset: Any, **kwargs: Any) -> DataLoader:
+        return DataLoader(dataset, collate_fn=WindowCollator(self.tokenizer), num_workers=self.config.num_workers,
+                          pin_memory=self.device.type == 'cuda', **kwargs)
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> TrainResult:
+        started = time.perf_counter()
+        global_step = self.point.global_step if self.point else 0
+        for stage in STAGES:
+            resumed = self.point is not None and self.point.stage == stage
+            if self.point is not None and STAGES.index(self.point.stage) > STAGES.index(stage):
+                continue
+            first = self.point.step if resumed else 0
+            if first < self.config.stage_steps(stage):
+                global_step = self._run_stage(stage, first, global_step, self.point if resumed else None)
+        calibration = self._export()
+        if self.metrics is not None:
+            self.metrics.close()
+        return TrainResult(self.output / POLICY_DIR, calibration, global_step, time.perf_counter() - started,
+                           self.val_metrics)
+
+    def _run_stage(self, stage: str, first: int, global_step: int, point: ResumePoint | None) -> int:
+        config, objective = self.config, self.objective
+        total = config.stage_steps(stage)
+        objective.set_stage(stage, self.frozen)
+        optimizer = build_optimizer(objective, config)
+        scheduler = build_scheduler(optimizer, config, total)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        if point is not None and first > 0:
+            optimizer.load_state_dict(point.state['optimizer'])
+            scheduler.load_state_dict(point.state['scheduler'])
+            scaler.load_state_dict(point.state['scaler'])
+        # find_unused_parameters: a CLIP tower has a post-norm the patch tokens never pass through
+        network = DistributedDataParallel(objective, find_unused_parameters=True) if self.context.enabled \
+            else objective
+        sampler = EpochBatchSampler(len(self.train_set), config.batch_size, config.seed * 10 + STAGES.index(stage),
+                                    self.context.rank, self.context.world, start_batch=first)
+        batches = iter(self._loader(self.train_set, batch_sampler=sampler))
+        self._seed_streams(global_step)  # after the loader drew its worker seeds, as on resume
+        parameters = [p for group in optimizer.param_groups for p in group['params']]
+        running: dict[str, torch.Tensor] = {}
+        count, tick = 0, time.perf_counter()
+        progress = tqdm(range(first, total), desc=stage, unit='step', initial=first, total=total,
+                        disable=not (self.context.is_main and config.progress))
+        for step in progress:
+            batch = self._to_device(next(batches), augment=True)
+            windows, steps = batch['pose'].shape[:2]
+            num_exits = objective.model.num_exits
+            s1 = per_step_exits(windows, steps, num_exits, self.generator)
+            s2 = switching_exits(windows, steps, num_exits, self.generator)
+            with self._autocast():
+                terms = network(batch, s1, s2)
+            loss = torch.stack(list(terms.values())).sum()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            global_step += 1
+            count += 1
+            for name, value in {'loss': loss, 'grad_norm': grad_norm, **terms}.items():
+                running[name] = running.get(name, 0) + value.detach()  # no device sync until logged
+            done = step + 1
+            if done % config.log_every == 0 or done == total:
+                rate = count * windows * self.context.world / (time.perf_counter() - tick)
+                values = {f'train/{name}': float(value) / count for name, value in running.items()}
+                values.update({'train/lr': scheduler.get_last_lr()[0], 'train/windows_per_s': rate})
+                if self.metrics is not None:
+                    self.metrics.log(global_step, stage, values)
+                progress.set_postfix(loss=f"{values['train/loss']:.4f}", win_s=f'{rate:.1f}')
+                running.clear()
+                count, tick = 0, time.perf_counter()
+            if done % config.eval_every == 0 or done == total:
+                self.val_metrics = self._validate(global_step, stage)
+            if done % config.save_every == 0 or done == total:
+                state = {'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                         'scaler': scaler.state_dict()}
+                self._save(ResumePoint(stage, done, global_step, state))
+        progress.close()
+        return global_step
+
+    def _save(self, point: ResumePoint) -> None:
+        if self.context.is_main:
+            save_resume_point(self.output / LAST_DIR, self.objective, point)
+        self.context.barrier()
+        self._seed_streams(point.global_step)
+
+    @torch.no_grad()
+    def _validate(self, global_step: int, stage: str) -> dict[str, float]:
+        """Shared-head losses per exit and on mixed histories, on the fixed validation subset (main process)."""
+        if not self.context.is_main or self.val_set is None:
+            return {}
+        objective = self.objective
+        objective.eval()
+        generator = torch.Generator().manual_seed(self.config.seed)  # the same mixed histories every time
+        sums: dict[str, float] = defaultdict(float)
+        for raw in self._loader(self.val_set, batch_size=self.config.batch_size):
+            batch = self._to_device(raw, augment=False)
+            windows, steps = batch['pose'].shape[:2]
+            with self._autocast():
+                terms = objective.validation_terms(
+                    batch, per_step_exits(windows, steps, objective.model.num_exits, generator))
+            for name, value in terms.items():
+                sums[name] += float(value) * windows
+        objective.train()
+        values = {f'val/{name}': total / len(self.val_set) for name, total in sums.items()}
+        assert self.metrics is not None
+        self.metrics.log(global_step, stage, values)
+        self._say(f'step {global_step} validation: ' + ' '.join(
+            f'{name[4:]}={value:.4f}' for name, value in values.items()))
+        return values
+
+    def _export(self) -> Path | None:
+        """Save the policy (model only, no aux heads) and its calibration file; main process only."""
+        path = None
+        if self.context.is_main:
+            policy = self.output / POLICY_DIR
+            model = self.objective.model.eval()
+            model.save_pretrained(policy)
+            data = self._calibrate(policy)
+            if data is not None:
+                path = data.save(calibration_path(policy))
+                self._say(f'wrote {path}: {data.num_samples} samples')
+            self._say(f'policy saved to {policy}')
+        self.context.barrier()
+        return path
+
+    def _calibrate(self, policy: Path) -> CalibrationData | None:
+        """Consistency values on held-out validation windows with mixed-exit histories (budget file format)."""
+        config, model = self.config, self.objective.model
+        split = Path(config.data) / 'validation'
+        if config.calibration_windows == 0 or not split.is_dir():
+            return None
+        keys = ('rgb_static', 'rgb_gripper') + (('robot_obs',) if model.config.use_proprio else ())
+        windows = LanguageWindows(split, window=config.window, stride=config.window, keys=keys)
+        if len(windows) == 0:
+            self._say(f'no {config.window}-frame windows in {split}: calibration skipped')
+            return None
+        return collect_calibration(model, self.tokenizer, windows, metric=config.calibration_metric,
+                                   batch_size=config.batch_size, max_windows=config.calibration_windows,
+                                   seed=config.seed, progress=config.progress,
+                                   metadata={'checkpoint_sha256': checkpoint_sha256(policy), 'data': config.data})
