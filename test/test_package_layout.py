@@ -1,0 +1,134 @@
+"""How deer_ros is put together: the two halves of the package, metadata, pins, entry points.
+
+`deer_ros` is split: rosidl generates `deer_ros.msg` into the install space while
+the library lives in the source tree (docs/install.md). These tests pin down that
+both halves import from anywhere, and that the venv route keeps the library
+editable. Venv-only checks skip on the colcon route, where the library is a copy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = REPO / '.venv'
+IN_VENV = Path(sys.prefix).resolve() == VENV.resolve()
+venv_only = pytest.mark.skipif(not IN_VENV, reason='checks the ./setup.sh venv; this run uses another env')
+
+PROBE = '''
+import importlib, json, sys
+import deer_ros
+from deer_ros.msg import ArmAction, ExitStats
+files = {name: importlib.import_module(name).__file__ for name in sys.argv[1:]}
+print(json.dumps({"version": deer_ros.__version__, "files": files,
+                  "classes": [ArmAction.__name__, ExitStats.__name__]}))
+'''
+
+
+def probe_imports(cwd: Path, *modules: str) -> dict:
+    """Import deer_ros.msg and ``modules`` in a fresh interpreter started in ``cwd``."""
+    result = subprocess.run([sys.executable, '-c', PROBE, 'deer_ros', 'deer_ros.msg', *modules], cwd=cwd,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize('where', ['tmp', 'repo', 'test_dir'])
+def test_library_and_messages_import_from_any_cwd(where, tmp_path):
+    cwd = {'tmp': tmp_path, 'repo': REPO, 'test_dir': REPO / 'test'}[where]
+    found = probe_imports(cwd, 'deer_ros.policy.types')
+    # The library's __init__ ran (not rosidl's empty one), so both halves are reachable.
+    assert found['version'] == '0.1.0' and found['classes'] == ['ArmAction', 'ExitStats']
+
+
+@venv_only
+def test_venv_library_is_the_editable_source(tmp_path):
+    files = probe_imports(tmp_path, 'deer_ros.model')['files']
+    for name in ('deer_ros', 'deer_ros.model'):
+        assert Path(files[name]).resolve().is_relative_to(REPO / 'deer_ros'), files[name]
+    # Generated code lives outside the source tree: never written into deer_ros/.
+    assert not Path(files['deer_ros.msg']).resolve().is_relative_to(REPO / 'deer_ros')
+
+
+@venv_only
+def test_venv_generated_half_cannot_shadow_the_library():
+    """No generated __init__.py (a regular package there would hide the source tree) and
+    exactly one `deer_ros` distribution (a second, rosidl's egg-info, could make pip delete
+    the generated code when it reinstalls the library)."""
+    import importlib.metadata as md
+
+    generated = Path(sys.modules['deer_ros.msg'].__file__).resolve().parents[1]
+    assert not (generated / '__init__.py').exists()
+    assert [d.metadata['Name'] for d in md.distributions() if d.metadata['Name'] in ('deer_ros', 'deer-ros')] \
+        == ['deer_ros']
+
+
+@venv_only
+@pytest.mark.parametrize('script', ['deer-ros', 'policy_node', 'calvin_bridge_node'])
+def test_venv_console_scripts_are_installed(script):
+    assert os.access(VENV / 'bin' / script, os.X_OK)
+
+
+@venv_only
+def test_deer_ros_cli_runs():
+    result = subprocess.run([str(VENV / 'bin' / 'deer-ros'), '--help'], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and 'demo' in result.stdout
+
+
+def test_venv_rules_hold():
+    """CPU torch, setuptools<80, no PyPI `launch`, no Jazzy wheels (scripts/check_venv.py)."""
+    result = subprocess.run([sys.executable, str(REPO / 'scripts' / 'check_venv.py')], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def _package_xml() -> ET.Element:
+    return ET.parse(REPO / 'package.xml').getroot()
+
+
+def test_package_xml_matches_the_python_package():
+    import deer_ros
+
+    root = _package_xml()
+    assert root.get('format') == '3' and root.findtext('name') == 'deer_ros'
+    setup_version = re.search(r"version='([^']+)'", (REPO / 'setup.py').read_text()).group(1)
+    assert root.findtext('version') == setup_version == deer_ros.__version__
+    assert root.findtext('export/build_type') == 'ament_cmake'
+    assert root.findtext('member_of_group') == 'rosidl_interface_packages'
+
+
+def test_package_xml_declares_what_the_nodes_use():
+    root = _package_xml()
+    runtime = {e.text for e in root if e.tag in ('depend', 'exec_depend')}
+    assert {'rclpy', 'std_msgs', 'sensor_msgs', 'geometry_msgs', 'std_srvs', 'diagnostic_msgs',
+            'rcl_interfaces', 'launch', 'launch_ros', 'rosidl_default_runtime'} <= runtime
+    assert {e.text for e in root.iter('test_depend')} >= {'ament_cmake_pytest', 'python3-pytest'}
+
+
+def test_every_msg_file_is_generated():
+    import deer_ros.msg
+
+    names = sorted(p.stem for p in (REPO / 'msg').glob('*.msg'))
+    assert names and all(hasattr(deer_ros.msg, name) for name in names), names
+
+
+REQUIREMENT = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*(\[[a-z0-9,_-]+\])?==[0-9][^\s;]*$')
+
+
+def test_requirements_are_exact_pins():
+    files = sorted((REPO / 'requirements').glob('*.txt'))
+    assert files
+    lines = {f.name: [ln.strip() for ln in f.read_text().splitlines() if ln.strip() and not ln.startswith('#')]
+             for f in files}
+    assert [(name, ln) for name, ls in lines.items() for ln in ls if not REQUIREMENT.match(ln)] == []
+    pins = {ln.split('==')[0].split('[')[0].lower(): ln.split('==')[1] for ls in lines.values() for ln in ls}
+    assert pins['torch'].startswith('2.13.0') and int(pins['setuptools'].split('.')[0]) < 80
+    assert 'launch' not in pins and not any(name.startswith('ros-jazzy-') for name in pins)
