@@ -1,0 +1,306 @@
+"""``deer_policy``: the DeeR early-exit policy as a ROS 2 node, under budgets set live with ``ros2 param set``.
+
+Thin by design: :class:`~deer_ros.policy.runtime.PolicyRuntime` owns the model
+and budgets, :class:`~deer_ros.nodes.control.PolicyController` decides each
+tick. This module wires topics, services, parameters and timers.
+
+Threads: subscriptions (reentrant group) only decode and store; the control
+timer (its own mutually exclusive group) runs inference, so camera messages
+keep arriving while a step runs; parameter services run in the node's
+default group. Both timers use the steady clock.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+import torch
+from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
+from diagnostic_msgs.msg import DiagnosticArray
+
+from deer_ros.budget.caps import Budget
+from deer_ros.budget.solver import BudgetError
+from deer_ros.msg import ArmAction, ExitStats
+from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, STALE_POLICIES, STATIC_CAMERA,
+                                    PolicyController, check_image, check_joint_positions)
+from deer_ros.nodes.diagnostics import PolicyDiagnostics
+from deer_ros.nodes.image_conversion import image_msg_to_rgb
+from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
+from deer_ros.policy.exit_criterion import METRICS
+from deer_ros.policy.runtime import PolicyRuntime
+from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE, Action, ExitInfo
+from deer_ros.sim.interface import ORN_SCALE, POS_SCALE
+
+NODE_NAME = 'deer_policy'
+BUDGET_PARAMETERS = ('budget.avg_gflops', 'budget.peak_gflops', 'budget.max_memory_mb')
+_GFLOPS_LIMITS = (0.0, 1.0e6)
+
+PARAMETERS = (
+    ParamSpec('budget.avg_gflops', 0.0, 'Average GFLOPs per step the exit thresholds are solved for; '
+              '0 = no average budget (every step runs to the deepest exit the caps allow). '
+              'Infeasible values are rejected with the feasible range.', limits=_GFLOPS_LIMITS),
+    ParamSpec('budget.peak_gflops', 0.0, 'Hard per-step GFLOPs limit: layers past the deepest exit that fits '
+              'are dropped (raising it reloads them); 0 = no limit.', limits=_GFLOPS_LIMITS),
+    ParamSpec('budget.max_memory_mb', 0.0, 'Parameter memory limit in MiB, met by dropping layers like the '
+              'peak limit; 0 = no limit.', limits=(0.0, 1.0e7)),
+    ParamSpec('budget.cost_kind', 'llm', 'What the GFLOPs budgets count: llm (decoder only, the DeeR paper unit) '
+              'or total (vision + decoder + action heads).', read_only=True, choices=('llm', 'total')),
+    ParamSpec('checkpoint', '', 'Checkpoint directory (config.json + model.safetensors, calibration.npz beside '
+              'them); empty = build model_config with seeded random init.', read_only=True),
+    ParamSpec('model_config', 'tiny', 'Shipped config name (tiny, smollm2, deer-3b) or config file, used when '
+              'checkpoint is empty.', read_only=True),
+    ParamSpec('device', 'cpu', 'Torch device for the model (cpu, cuda, cuda:1, ...).', read_only=True),
+    ParamSpec('seed', 0, 'Seed of the random init (model_config) and of synthetic calibration.', read_only=True,
+              limits=(0, 2 ** 31 - 1)),
+    ParamSpec('num_threads', 0, 'Torch intra-op CPU threads; 0 = torch default. Leave cores for DDS on small '
+              'machines.', read_only=True, limits=(0, 256)),
+    ParamSpec('control_rate_hz', 30.0, 'Control timer rate (CALVIN acts at 30 Hz); also scales the TwistStamped '
+              'output (delta per step -> velocity).', read_only=True, limits=(0.1, 1000.0)),
+    ParamSpec('max_input_age_s', 0.5, 'Cameras and joint states older than this (steady clock) are stale: the '
+              'node holds or goes silent instead of acting on them.', limits=(0.001, 3600.0)),
+    ParamSpec('on_stale_input', 'hold', 'On stale, missing or bad input: hold = publish explicit holds (zero '
+              'delta, gripper unchanged, hold=true), silent = publish nothing.', choices=STALE_POLICIES),
+    ParamSpec('require_new_frame', True, 'Step only on a static-camera frame not acted on before (one action '
+              'per frame, as a lock-step simulator needs); false = act on every tick.'),
+    ParamSpec('exit_metric', 'rms', 'Action-consistency metric of the exit rule; must match the calibration '
+              'file.', read_only=True, choices=tuple(METRICS)),
+    ParamSpec('qos_depth', 5, 'History depth of the sensor subscriptions and the command publishers.',
+              read_only=True, limits=(1, 1000)),
+    ParamSpec('frame_id', 'world', 'frame_id of ArmAction and TwistStamped (CALVIN deltas are in the world '
+              'frame).'),
+)
+
+
+def budget_from(values: dict[str, Any]) -> Budget:
+    """Parameter values -> :class:`Budget`; 0 means "no limit" for each field."""
+    def limit(name: str) -> float | None:
+        return float(values[name]) if values[name] > 0 else None
+    return Budget(limit('budget.avg_gflops'), limit('budget.peak_gflops'), limit('budget.max_memory_mb'))
+
+
+def arm_action_msg(action: Action, header: Header, hold: bool) -> ArmAction:
+    return ArmAction(header=header, delta=np.asarray(action.pose, dtype=np.float32), gripper=int(action.gripper),
+                     hold=hold)
+
+
+def twist_msg(action: Action, header: Header, rate_hz: float) -> TwistStamped:
+    """MoveIt Servo style velocity: CALVIN units per step (0.02 m, 0.05 rad) times steps per second."""
+    twist = TwistStamped(header=header)
+    linear = np.asarray(action.pose[:3], dtype=np.float64) * POS_SCALE * rate_hz
+    angular = np.asarray(action.pose[3:], dtype=np.float64) * ORN_SCALE * rate_hz
+    twist.twist.linear.x, twist.twist.linear.y, twist.twist.linear.z = (float(v) for v in linear)
+    twist.twist.angular.x, twist.twist.angular.y, twist.twist.angular.z = (float(v) for v in angular)
+    return twist
+
+
+def exit_stats_msg(info: ExitInfo, header: Header) -> ExitStats:
+    """ExitStats with a 1-based exit index, as the message defines."""
+    return ExitStats(header=header, exit_index=info.exit_index + 1, exit_layer=info.exit_layer,
+                     num_exits=info.num_exits, llm_gflops=info.llm_gflops, total_gflops=info.total_gflops,
+                     step_latency_ms=info.latency_ms, consistency=[float(v) for v in info.consistency],
+                     thresholds=[float(v) for v in info.thresholds])
+
+
+class PolicyNode(Node):
+    """Subscribes cameras, joint states and the instruction; publishes actions, exit stats and diagnostics."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        values = declare(self, PARAMETERS)
+        if values['num_threads'] > 0:
+            torch.set_num_threads(values['num_threads'])
+        self.rate_hz = float(values['control_rate_hz'])
+        self.frame_id = values['frame_id']
+        started = time.monotonic()
+        self.runtime = PolicyRuntime(values['checkpoint'] or values['model_config'], device=values['device'],
+                                     metric=values['exit_metric'], cost_kind=values['budget.cost_kind'],
+                                     budget=budget_from(values), seed=values['seed'],
+                                     warn=self.get_logger().warning)
+        self.controller = PolicyController(self.runtime, max_input_age_s=values['max_input_age_s'],
+                                           on_stale_input=values['on_stale_input'],
+                                           require_new_frame=values['require_new_frame'])
+        self.diagnostics = PolicyDiagnostics(self.get_name(), self.runtime.cost_table.num_exits)
+        self._publish_lock = threading.Lock()
+        self._stopped = False
+        self._holding = False
+
+        depth = values['qos_depth']
+        sensors = ReentrantCallbackGroup()
+        sensor_qos = QoSProfile(depth=depth, reliability=qos_profile_sensor_data.reliability,
+                                durability=qos_profile_sensor_data.durability)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(Image, 'camera/static/image_raw',
+                                 lambda msg: self._on_image(msg, STATIC_CAMERA, STATIC_CAMERA_SHAPE),
+                                 sensor_qos, callback_group=sensors)
+        self.create_subscription(Image, 'camera/gripper/image_raw',
+                                 lambda msg: self._on_image(msg, GRIPPER_CAMERA, GRIPPER_CAMERA_SHAPE),
+                                 sensor_qos, callback_group=sensors)
+        self.create_subscription(JointState, 'joint_states', self._on_joint_states, sensor_qos,
+                                 callback_group=sensors)
+        self.create_subscription(String, 'instruction', self._on_instruction, latched, callback_group=sensors)
+        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=sensors)
+
+        self.action_pub = self.create_publisher(ArmAction, 'arm_action', depth)
+        self.twist_pub = self.create_publisher(TwistStamped, 'delta_twist_cmds', depth)
+        self.stats_pub = self.create_publisher(ExitStats, 'exit_stats', 10)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(1.0 / self.rate_hz, self._on_tick, MutuallyExclusiveCallbackGroup(), clock=steady)
+        self.create_timer(1.0, self._publish_diagnostics, MutuallyExclusiveCallbackGroup(), clock=steady)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.get_logger().info(
+            f'ready in {time.monotonic() - started:.1f} s: {self.runtime.config.name} on {values["device"]}, '
+            f'{self.rate_hz:g} Hz, budget {self.runtime.describe()}')
+
+    # ---- inputs (subscription threads: decode and store only)
+    def _on_image(self, msg: Image, name: str, shape: tuple[int, int, int]) -> None:
+        now = time.monotonic()
+        self.diagnostics.record_input(name, now)
+        try:
+            image = image_msg_to_rgb(msg)
+        except ValueError as error:
+            self.controller.inputs.reject(name, str(error))
+            return
+        problem = check_image(image, shape)
+        if problem is not None:
+            self.controller.inputs.reject(name, problem)
+        else:
+            self.controller.inputs.put(name, image, now, msg.header.stamp)
+
+    def _on_joint_states(self, msg: JointState) -> None:
+        now = time.monotonic()
+        self.diagnostics.record_input(JOINT_STATES, now)
+        positions = np.asarray(msg.position, dtype=np.float64)
+        problem = check_joint_positions(positions)
+        if problem is not None:
+            self.controller.inputs.reject(JOINT_STATES, problem)
+        else:
+            self.controller.inputs.put(JOINT_STATES, positions, now, msg.header.stamp)
+
+    def _on_instruction(self, msg: String) -> None:
+        now = time.monotonic()
+        self.diagnostics.record_input(INSTRUCTION, now)
+        if self.controller.set_instruction(msg.data, now):
+            self.get_logger().info(f'new instruction {msg.data!r}: policy state reset')
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.runtime.reset()
+        self.get_logger().info('policy state reset (service)')
+        response.success, response.message = True, 'policy state reset'
+        return response
+
+    # ---- control (its own thread)
+    def _on_tick(self) -> None:
+        decision = self.controller.tick(time.monotonic())
+        self.diagnostics.record(decision)
+        if decision.kind == 'wait':
+            return
+        if decision.problems:
+            self.get_logger().error(f'{decision.kind}: ' + '; '.join(decision.problems), throttle_duration_sec=2.0)
+        elif self._holding:
+            self.get_logger().info('inputs usable again: acting')
+        self._holding = bool(decision.problems)
+        if decision.action is None:
+            return
+        now = self.get_clock().now().to_msg()
+        header = Header(stamp=now if decision.stamp is None else decision.stamp, frame_id=self.frame_id)
+        with self._publish_lock:
+            if self._stopped:
+                return
+            self.action_pub.publish(arm_action_msg(decision.action, header, hold=decision.kind == 'hold'))
+            self.twist_pub.publish(twist_msg(decision.action, Header(stamp=now, frame_id=self.frame_id),
+                                             self.rate_hz))
+            if decision.info is not None:
+                self.stats_pub.publish(exit_stats_msg(decision.info, header))
+
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        snapshot = self.controller.inputs.snapshot(now, self.controller.max_input_age_s)
+        statuses = self.diagnostics.statuses(now, snapshot.ages, snapshot.problems, self.runtime.describe())
+        self.diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
+                                                     status=statuses))
+
+    def stop(self) -> None:
+        """Publish a final hold and stop publishing: the arm must not keep the last velocity."""
+        with self._publish_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+            hold = Action.hold(self.controller.gripper)
+            self.action_pub.publish(arm_action_msg(hold, header, hold=True))
+            self.twist_pub.publish(twist_msg(hold, header, self.rate_hz))
+
+    # ---- parameters: validate without side effects, then apply
+    def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        problem = check_choices(PARAMETERS, parameters)
+        if problem is None and any(p.name in BUDGET_PARAMETERS for p in parameters):
+            values = {name: self.get_parameter(name).value for name in BUDGET_PARAMETERS}
+            values.update({p.name: p.value for p in parameters if p.name in BUDGET_PARAMETERS})
+            try:
+                self.runtime.solve(budget_from(values))
+            except BudgetError as error:
+                problem = f'budget rejected: {error}'
+        return SetParametersResult(successful=problem is None, reason=problem or '')
+
+    def _apply_parameters(self, parameters: list[Parameter]) -> None:
+        changed = {p.name: p.value for p in parameters}
+        if any(name in BUDGET_PARAMETERS for name in changed):
+            budget = budget_from({name: self.get_parameter(name).value for name in BUDGET_PARAMETERS})
+            self.runtime.apply(budget)
+            self.get_logger().info(f'budget in force: {self.runtime.describe()}')
+        if 'max_input_age_s' in changed:
+            self.controller.max_input_age_s = float(changed['max_input_age_s'])
+        if 'on_stale_input' in changed:
+            self.controller.on_stale_input = changed['on_stale_input']
+        if 'require_new_frame' in changed:
+            self.controller.require_new_frame = bool(changed['require_new_frame'])
+        if 'frame_id' in changed:
+            self.frame_id = changed['frame_id']
+
+
+def main(args: list[str] | None = None) -> None:
+    # Our own SIGINT/SIGTERM handling: rclpy's handler would shut the context down
+    # before the final hold could be published.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        node = PolicyNode()
+    except (ValueError, OSError, RuntimeError) as error:  # bad config, checkpoint or budget: say why, exit non-zero
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
+        rclpy.try_shutdown()
+        sys.exit(1)
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        executor.shutdown(timeout_sec=5.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,223 @@
+"""The policy as a node runs it, without ROS: model, cost table, calibration, live budgets, steps.
+
+A plain class so the node stays a thin adapter and everything that decides
+what the robot does is tested without DDS. Budgets are solved against the
+*full* model (its cost table and calibration as loaded), so lowering and then
+raising a cap round-trips: lowering truncates the live model, raising reloads
+the layers from the source. A config name (no checkpoint) builds a model with
+seeded random init, so a reload rebuilds the same weights.
+
+Thread safety: :meth:`step`, :meth:`reset` and the swap inside :meth:`apply`
+share one lock, so a budget change lands between two steps, never inside
+one. A reload is built outside that lock; the control loop keeps running on
+the old model until the new one is ready.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
+from deer_ros.budget.caps import Budget, BudgetSolution, CostKind, exit_costs, solve_budget
+from deer_ros.budget.collect import collect_calibration
+from deer_ros.budget.solver import feasible_range
+from deer_ros.model import DeerConfig, DeerVLA, load_config, load_model
+from deer_ros.model.cost import CostTable
+from deer_ros.model.flops import cost_table_for
+from deer_ros.model.modeling_deer import CONFIG_NAME
+from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.policy.early_exit import EarlyExitPolicy
+from deer_ros.policy.exit_criterion import check_metric
+from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, PROPRIO_DIM, STATIC_CAMERA_SHAPE, Action, ExitInfo, Observation
+from deer_ros.sim.dataset import Window
+from deer_ros.sim.language import TASK_LANGUAGE
+
+_LOG = logging.getLogger(__name__)
+
+
+class _SyntheticWindows:
+    """Random-image windows under the evaluation instructions, shaped like ``LanguageWindows`` for ``collect_calibration``."""
+
+    split_dir = Path('<synthetic>')
+
+    def __init__(self, count: int, window: int, seed: int) -> None:
+        self.window = window
+        self._count = count
+        self._seed = seed
+        self._instructions = [language.evaluation for language in TASK_LANGUAGE.values()]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, item: int) -> Window:
+        rng = np.random.default_rng((self._seed, item))
+        frames = {'rgb_static': rng.integers(0, 256, (self.window, *STATIC_CAMERA_SHAPE), dtype=np.uint8),
+                  'rgb_gripper': rng.integers(0, 256, (self.window, *GRIPPER_CAMERA_SHAPE), dtype=np.uint8),
+                  'robot_obs': rng.uniform(-1.0, 1.0, (self.window, PROPRIO_DIM))}
+        instruction = self._instructions[item % len(self._instructions)]
+        return Window(frames, instruction, 'synthetic', 0, None)
+
+
+def synthetic_calibration(model: DeerVLA, metric: str = 'rms', *, windows: int = 16, window: int = 8,
+                          seed: int = 0) -> CalibrationData:
+    """Consistency values of ``model`` on random images: lets a budget be solved when no calibration file exists.
+
+    Thresholds from these values meet the budget on random inputs only; on
+    real camera data the realised average drifts. Use ``deer-ros calibrate``
+    for a deployment.
+    """
+    return collect_calibration(model, InstructionTokenizer(model.config.decoder),
+                               _SyntheticWindows(windows, window, seed),  # type: ignore[arg-type]
+                               metric=metric, batch_size=windows, seed=seed, progress=False,
+                               metadata={'source': 'synthetic (random images, no calibration file)'})
+
+
+class PolicyRuntime:
+    """Load a DeeR model, keep a budget in force, and step it.
+
+    Args:
+        source: a checkpoint directory (``config.json`` + ``model.safetensors``)
+            or a shipped config name / config file (seeded random init).
+        device: torch device for the model.
+        metric: exit-rule metric; must match the calibration file's.
+        cost_kind: what the GFLOPs budgets count: ``llm`` (decoder only, the
+            paper's unit) or ``total`` (vision + decoder + heads).
+        budget: the budget in force from the start.
+        seed: random-init seed for config sources and for synthetic calibration.
+        warn: where start-up warnings go (the node passes its logger).
+    """
+
+    def __init__(self, source: str | Path, *, device: str = 'cpu', metric: str = 'rms', cost_kind: CostKind = 'llm',
+                 budget: Budget = Budget(), seed: int = 0, warn: Callable[[str], None] = _LOG.warning) -> None:
+        check_metric(metric)
+        self.source = Path(source) if Path(source).is_dir() else source
+        self.device = device
+        self.cost_kind: CostKind = cost_kind
+        self._seed = seed
+        self._lock = threading.Lock()
+        self._apply_lock = threading.Lock()
+        self.config = self._config()
+        if self.config.use_proprio:
+            raise ValueError(f'{self.config.name}: models with use_proprio=True need CALVIN robot_obs, '
+                             'which the ROS inputs (JointState) do not carry; not supported by the runtime')
+        self.cost_table: CostTable = cost_table_for(self.config)
+        self.calibration = self._calibration_file(metric)
+        if self.calibration is None:
+            model = self._load(self.config.num_exits)
+            warn(f'no calibration file for {self.source}: collecting consistency values on random images; '
+                 'average-GFLOPs budgets will be approximate on real data (run `deer-ros calibrate`)')
+            self.calibration = synthetic_calibration(model, metric, seed=seed)
+            solution = self.solve(budget)
+            model.truncate(solution.cap + 1)
+        else:
+            solution = self.solve(budget)
+            model = self._load(solution.cap + 1)
+        self.tokenizer = InstructionTokenizer(self.config.decoder)
+        self._policy = EarlyExitPolicy(model, solution.criterion, self.cost_table.truncated(solution.cap + 1),
+                                       self.tokenizer)
+        self.budget = budget
+        self.solution = solution
+
+    # ---- loading
+    def _config(self) -> DeerConfig:
+        if isinstance(self.source, Path):
+            return DeerConfig.from_file(self.source / CONFIG_NAME)
+        return load_config(self.source)
+
+    def _load(self, num_exits: int) -> DeerVLA:
+        """The model capped at ``num_exits``; config sources are built from ``seed`` so reloads match."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)
+            return load_model(self.source, num_exits=num_exits, device=self.device)
+
+    def _calibration_file(self, metric: str) -> CalibrationData | None:
+        """The checkpoint's calibration file, checked against its weights and exits; ``None`` when there is none.
+
+        A stale or mismatched file raises: using it would solve thresholds for
+        another model, and ignoring it silently would hide that.
+        """
+        if not isinstance(self.source, Path) or not calibration_path(self.source).is_file():
+            return None
+        data = CalibrationData.load(calibration_path(self.source), checkpoint_sha256=checkpoint_sha256(self.source),
+                                    exit_layers=self.config.exit_layers)
+        if data.metric != metric:
+            raise ValueError(f'{calibration_path(self.source)} was collected with exit metric {data.metric!r}, '
+                             f'not {metric!r}: set exit_metric to {data.metric!r} or re-run calibration')
+        return data
+
+    # ---- budgets
+    @property
+    def metric(self) -> str:
+        return self.calibration.metric
+
+    @property
+    def num_exits(self) -> int:
+        """Exits the live model has (cap + 1)."""
+        return self._policy.num_exits
+
+    def solve(self, budget: Budget) -> BudgetSolution:
+        """Cap and thresholds for ``budget`` on the full model; no side effects.
+
+        Raises:
+            BudgetError: an infeasible budget; the message gives the feasible range.
+        """
+        return solve_budget(budget, self.cost_table, self.calibration, kind=self.cost_kind)
+
+    def apply(self, budget: Budget) -> BudgetSolution:
+        """Put ``budget`` in force: truncate for a lower cap, reload for a higher one, else swap thresholds.
+
+        A reload restarts the step history (the new model has no LSTM state).
+        """
+        with self._apply_lock:
+            solution = self.solve(budget)
+            num_exits = solution.cap + 1
+            replacement = None
+            if num_exits > self.num_exits:
+                model = self._load(num_exits)
+                replacement = EarlyExitPolicy(model, solution.criterion, self.cost_table.truncated(num_exits),
+                                              self.tokenizer)
+            with self._lock:
+                if replacement is not None:
+                    self._policy = replacement
+                elif num_exits < self.num_exits:
+                    self._policy.set_num_exits(num_exits, solution.criterion)
+                else:
+                    self._policy.set_criterion(solution.criterion)
+                self.budget, self.solution = budget, solution
+            return solution
+
+    def feasible_average(self) -> tuple[float, float]:
+        """Average GFLOPs the exit rule can realise under the live peak/memory cap."""
+        return feasible_range(exit_costs(self.cost_table, self.cost_kind)[:self.solution.cap + 1])
+
+    # ---- control
+    def reset(self) -> None:
+        """Forget the step history (new episode or instruction)."""
+        with self._lock:
+            self._policy.reset()
+
+    def step(self, observation: Observation, instruction: str) -> tuple[Action, ExitInfo]:
+        """One policy step; raises ``ValueError`` (bad input) or ``NonFiniteActionError`` like the policy."""
+        with self._lock:
+            return self._policy.step(observation, instruction)
+
+    def describe(self) -> dict[str, str]:
+        """Budget in force, cap and thresholds as strings, for diagnostics."""
+        solution = self.solution
+        described = {key: ('off' if value is None else f'{value:g}')
+                     for key, value in dataclasses.asdict(self.budget).items()}
+        described.update({
+            'cost_kind': self.cost_kind,
+            'exits allowed': f'{solution.cap + 1} of {self.cost_table.num_exits}',
+            'thresholds': ', '.join(f'{t:.4g}' for t in solution.criterion.thresholds),
+            'calibration': str(self.calibration.metadata.get('source', 'file')),
+        })
+        if solution.average is not None:
+            described['calibration avg GFLOPs'] = f'{solution.average.realised_cost:.4g}'
+        return described
