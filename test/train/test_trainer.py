@@ -1,0 +1,80 @@
+"""End-to-end runs of the training loop on generated demos: learning, outputs, resume, the CLI."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from deer_ros import cli
+from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
+from deer_ros.model import load_model
+from deer_ros.train.config import TrainConfig
+from deer_ros.train.metrics import read_metrics
+from deer_ros.train.trainer import train
+
+
+def _config(data: Path, output: Path, model: Path, **overrides) -> TrainConfig:
+    settings = dict(data=str(data), output=str(output), model=str(model), window=4, stride=2, batch_size=4,
+                    joint_steps=6, head_steps=4, lr=1e-3, head_lr_scale=1.0, head_stage_lr=1e-3, warmup_steps=2,
+                    num_workers=0, log_every=1, eval_every=100, save_every=3, val_windows=4,
+                    calibration_windows=4, progress=False)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def _curve(output: Path, name: str) -> dict[int, float]:
+    return {row['step']: row['value'] for row in read_metrics(output / 'metrics.csv') if row['name'] == name}
+
+
+def _weights(directory: Path) -> dict[str, np.ndarray]:
+    with safe_open(str(directory / 'model.safetensors'), framework='np') as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}
+
+
+def test_short_run_lowers_the_loss(demo_data, small_config_file, tmp_path):
+    config = _config(demo_data, tmp_path, small_config_file, joint_steps=40, head_steps=0, eval_every=20,
+                     log_every=5, save_every=40)
+    result = train(config)
+    loss = _curve(tmp_path, 'train/loss')
+    assert sorted(loss) == list(range(5, 41, 5))
+    assert loss[40] < 0.7 * loss[5]
+    val = _curve(tmp_path, 'val/mixed')
+    assert val[40] < val[20]
+    assert result.val_metrics['val/mixed'] == pytest.approx(val[40], rel=1e-4)
+
+
+def test_outputs_round_trip_and_resume_matches_an_uninterrupted_run(demo_data, small_config_file, tmp_path):
+    straight = tmp_path / 'straight'
+    assert cli.main(['train', '--data', str(demo_data), '--output', str(straight), '--model', str(small_config_file),
+                     '--window', '4', '--stride', '2', '--batch-size', '4', '--joint-steps', '6', '--head-steps', '4',
+                     '--lr', '1e-3', '--head-lr-scale', '1', '--head-stage-lr', '1e-3', '--warmup-steps', '2',
+                     '--num-workers', '0', '--log-every', '1', '--eval-every', '100', '--save-every', '3',
+                     '--val-windows', '4', '--calibration-windows', '4', '--no-progress']) == 0
+
+    policy = straight / 'policy'
+    weights = _weights(policy)
+    assert not any(name.startswith('aux_heads') for name in weights)
+    model = load_model(policy)
+    assert model.num_exits == 3
+    torch.testing.assert_close(model.action_head.pose_mlp[0].weight,
+                               torch.from_numpy(weights['action_head.pose_mlp.0.weight']))
+    last = _weights(straight / 'last')
+    assert all(np.array_equal(last[name], value) for name, value in weights.items())
+    data = CalibrationData.load(calibration_path(policy), checkpoint_sha256=checkpoint_sha256(policy),
+                                exit_layers=model.exit_layers)
+    assert data.values.shape[1] == 3 and data.metadata['window_size'] == 4
+
+    # stop inside the joint stage, then resume twice: mid-stage and across the stage boundary
+    resumed = tmp_path / 'resumed'
+    config = _config(demo_data, resumed, small_config_file)
+    train(dataclasses.replace(config, joint_steps=3, head_steps=0))
+    train(dataclasses.replace(config, head_steps=0), resume=True)
+    result = train(config, resume=True)
+    assert result.steps == 10
+    for name, value in _weights(resumed / 'policy').items():
+        np.testing.assert_allclose(value, weights[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert _curve(resumed, 'train/loss') == pytest.approx(_curve(straight, 'train/loss'), rel=1e-4)
+    assert sorted(_curve(resumed, 'train/loss')) == list(range(1, 11))
