@@ -68,6 +68,7 @@ class PlayTableEnv(SimEnv):
         self._build()
         self.robot.reset(DEFAULT_ROBOT_OBS if robot_state is None else robot_state)
         self.scene.reset(scene_state)
+        self._p.performCollisionDetection()  # contacts for get_info() before the first step
         return self.get_obs()
 
     def step(self, action: Any) -> tuple[Obs, float, bool, Info]:

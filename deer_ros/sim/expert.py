@@ -1,0 +1,81 @@
+"""A scripted expert that solves every supported task, usable wherever a policy is expected.
+
+It plans waypoints once per task from the first observation (:mod:`deer_ros.sim.plans`) and
+follows them with relative actions. It integrates its own actions into a copy of the env's target
+pose (initialised from the observed tcp), because the env accumulates deltas on a target rather
+than on the measured pose: servoing on the measured pose would keep adding the tracking lag.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from deer_ros.sim.interface import ORN_SCALE, POS_SCALE
+from deer_ros.sim.layout import SceneConfig
+from deer_ros.sim.plans import PLANNERS, View, Waypoint, plan
+
+TOLERANCE = 0.008  # metres between tcp and waypoint before moving on
+MAX_WAIT = 12  # steps to wait for a tcp that cannot get closer (pressing, end stops)
+
+
+def _wrap(angles: np.ndarray) -> np.ndarray:
+    return (angles + np.pi) % (2 * np.pi) - np.pi
+
+
+class ScriptedExpert:
+    """Waypoint follower with CALVIN-scaled relative actions: ``reset(task)`` then ``act(obs)`` each step."""
+
+    def __init__(self, env: object) -> None:
+        self._config: SceneConfig = env.config
+        self._task: str | None = None
+        self._plan: list[Waypoint] | None = None  # None: not planned yet for this task
+        self._target = np.zeros(6)
+        self._waited = 0
+        self._settled = 0
+
+    def reset(self, task: str) -> None:
+        if task not in PLANNERS:
+            raise ValueError(f'no expert for task {task!r}')
+        self._task = task
+        self._plan = None
+        self._waited = self._settled = 0
+
+    @property
+    def done(self) -> bool:
+        """True once every waypoint has been reached (the expert then holds still)."""
+        return self._plan == []
+
+    def act(self, obs: dict) -> np.ndarray:
+        """Next 7-D relative action in [-1, 1] (gripper +1 open / -1 close)."""
+        if self._task is None:
+            raise RuntimeError('call reset(task) before act()')
+        robot_obs = np.asarray(obs['robot_obs'], dtype=np.float64)
+        if self._plan is None:
+            self._plan = plan(self._task, View(self._config, robot_obs, np.asarray(obs['scene_obs'])))
+            self._target = robot_obs[:6].copy()
+        if not self._plan:
+            return np.array([0, 0, 0, 0, 0, 0, robot_obs[14]], dtype=np.float64)
+        waypoint = self._plan[0]
+        step, arrived = self._step_towards(waypoint)
+        if arrived:
+            self._advance(waypoint, robot_obs[:3])
+        return np.concatenate([step[:3] / POS_SCALE, step[3:] / ORN_SCALE, [waypoint.gripper]])
+
+    def _step_towards(self, waypoint: Waypoint) -> tuple[np.ndarray, bool]:
+        """Move the integrated target straight towards the waypoint within the step limits; True once there."""
+        goal_euler = np.array([np.pi, 0.0, waypoint.yaw])
+        delta = np.concatenate([waypoint.position - self._target[:3], _wrap(goal_euler - self._target[3:])])
+        limits = np.array([POS_SCALE] * 3 + [ORN_SCALE] * 3) * waypoint.speed
+        scale = max(1.0, float(np.max(np.abs(delta) / limits)))
+        step = delta / scale
+        self._target = self._target + step
+        return step, scale == 1.0
+
+    def _advance(self, waypoint: Waypoint, tcp: np.ndarray) -> None:
+        """Pop the waypoint once the arm has caught up with the target (or stopped trying) and settled."""
+        if np.linalg.norm(tcp - waypoint.position) > TOLERANCE and self._waited < MAX_WAIT:
+            self._waited += 1
+        elif self._settled < waypoint.settle:
+            self._settled += 1
+        else:
+            self._plan.pop(0)
+            self._waited = self._settled = 0

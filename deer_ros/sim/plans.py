@@ -1,0 +1,311 @@
+"""Waypoint plans for every supported task, computed from one observation and the table layout.
+
+A plan is a list of tcp waypoints (position, yaw about a vertically-down gripper, gripper command).
+Everything is read from ``robot_obs``/``scene_obs`` plus :mod:`deer_ros.sim.layout`, never from the
+simulator, so the same plans work whatever brought the scene into its current state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from deer_ros.sim import layout as L
+from deer_ros.sim.layout import SceneConfig
+
+OPEN, CLOSE = 1, -1
+SAFE_Z = 0.58  # travel height: a held block clears the door knob, the switch and the bulb
+GRASP_BELOW_CENTRE = 0.008  # tcp below the block centre, so the pads hold the block's middle
+FINGER_HALF_THICKNESS = 0.012  # closed fingertip pads, measured along the closing axis
+PUSH_CLEARANCE = 0.02  # gap between a fingertip and what it is about to push
+RELEASE_GAP = 0.012  # a placed block's bottom is released this far above its support
+TRAVEL, FINE = 0.8, 0.4  # fractions of the 2 cm / 0.05 rad per-step limit
+NEUTRAL_YAW = 1.5  # tcp yaw of the reset pose
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """Where the tcp should go next; ``settle`` holds the pose afterwards (gripper motion, button press)."""
+
+    position: np.ndarray
+    yaw: float
+    gripper: int
+    speed: float = TRAVEL
+    settle: int = 0
+
+
+@dataclass(frozen=True)
+class Block:
+    colour: str
+    position: np.ndarray
+    yaw: float
+    size: tuple[float, float, float]
+
+    def half_extent(self, axis: int) -> float:
+        """Half of the block's footprint along world x (0) or y (1) at its current yaw."""
+        c, s = abs(np.cos(self.yaw)), abs(np.sin(self.yaw))
+        lx, ly = self.size[0] / 2, self.size[1] / 2
+        return c * lx + s * ly if axis == 0 else s * lx + c * ly
+
+    @property
+    def top(self) -> float:
+        return self.position[2] + self.size[2] / 2
+
+
+def _wrap(angle: float) -> float:
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+class View:
+    """The observation, read as positions of things."""
+
+    def __init__(self, config: SceneConfig, robot_obs: np.ndarray, scene_obs: np.ndarray) -> None:
+        self.tcp = np.asarray(robot_obs[:3], dtype=np.float64)
+        self.yaw = float(robot_obs[5])
+        self.gripper = OPEN if robot_obs[14] > 0 else CLOSE
+        self.slide, self.drawer, _, self.switch = (float(v) for v in scene_obs[:4])
+        self.blocks = [Block(colour, np.asarray(scene_obs[6 + 6 * i: 9 + 6 * i], dtype=np.float64),
+                             float(scene_obs[11 + 6 * i]), L.BLOCK_SIZES[size])
+                       for i, (colour, size) in enumerate(config.blocks)]
+        self.config = config
+
+    def block(self, colour: str) -> Block:
+        return next(block for block in self.blocks if block.colour == colour)
+
+    def held(self) -> Block | None:
+        """The block between the fingers, if the gripper is closed on one."""
+        if self.gripper == OPEN:
+            return None
+        for block in self.blocks:
+            offset = block.position - self.tcp
+            if np.linalg.norm(offset[:2]) < 0.03 and abs(offset[2]) < 0.03:
+                return block
+        return None
+
+    def on_table(self, block: Block) -> bool:
+        return (abs(block.position[2] - (L.TABLE_TOP + L.BLOCK_HEIGHT / 2)) < 0.01
+                and block.position[1] < L.CABINET_Y[0] - 0.01)
+
+    def stacked(self) -> tuple[Block, Block] | None:
+        """(top, bottom) of a two-block stack, if there is one."""
+        for top in self.blocks:
+            for bottom in self.blocks:
+                if (top is not bottom and np.linalg.norm(top.position[:2] - bottom.position[:2]) < 0.05
+                        and 0.02 < top.position[2] - bottom.position[2] < 0.06):
+                    return top, bottom
+        return None
+
+
+def _nearest(angle: float, candidates: list[float]) -> float:
+    return min(candidates, key=lambda c: abs(_wrap(c - angle)))
+
+
+def grasp_yaw(block: Block, reference: float) -> float:
+    """Tcp yaw that closes the fingers across the block's narrow side, nearest to ``reference``.
+
+    The fingers close along (sin yaw, -cos yaw), which is the block's local y axis when the tcp
+    yaw equals the block yaw modulo pi (modulo pi/2 for a cube).
+    """
+    period = np.pi / 2 if block.size[0] == block.size[1] else np.pi
+    return _nearest(reference, [block.yaw + k * period for k in range(-4, 5)])
+
+
+def _at(point: np.ndarray, z: float | None = None) -> np.ndarray:
+    position = np.array(point, dtype=np.float64)
+    if z is not None:
+        position[2] = z
+    return position
+
+
+def _rise(view: View, gripper: int) -> list[Waypoint]:
+    """Leave whatever the tcp is near by going straight up to travel height."""
+    return [Waypoint(_at(view.tcp, max(view.tcp[2], SAFE_Z)), view.yaw, gripper)]
+
+
+def _pick(view: View, block: Block, yaw: float) -> list[Waypoint]:
+    grasp = _at(block.position, block.position[2] - GRASP_BELOW_CENTRE)
+    above = _at(grasp, grasp[2] + 0.08)
+    return [Waypoint(_at(grasp, SAFE_Z), yaw, OPEN), Waypoint(above, yaw, OPEN),
+            Waypoint(grasp, yaw, OPEN, FINE), Waypoint(grasp, yaw, CLOSE, FINE, settle=8)]
+
+
+def _hold_offset(view: View, held: Block | None) -> float:
+    """Block centre height above the tcp while held (the grasp offset for a block not yet picked)."""
+    return held.position[2] - view.tcp[2] if held else GRASP_BELOW_CENTRE
+
+
+def _release(xy: np.ndarray, support_z: float, offset: float, yaw: float) -> list[Waypoint]:
+    """Lower a held block onto a support at height ``support_z``, let go and back off upwards."""
+    release = np.array([xy[0], xy[1], support_z + L.BLOCK_HEIGHT / 2 + RELEASE_GAP - offset])
+    return [Waypoint(_at(release, SAFE_Z), yaw, CLOSE), Waypoint(release, yaw, CLOSE, FINE),
+            Waypoint(release, yaw, OPEN, FINE, settle=6), Waypoint(_at(release, SAFE_Z), yaw, OPEN)]
+
+
+def _push_along(start: np.ndarray, end: np.ndarray, yaw: float) -> list[Waypoint]:
+    """Closed fingertips down at ``start``, slide to ``end``, back up."""
+    return [Waypoint(_at(start, SAFE_Z), yaw, CLOSE), Waypoint(start, yaw, CLOSE, FINE),
+            Waypoint(end, yaw, CLOSE, FINE), Waypoint(_at(end, SAFE_Z), yaw, CLOSE)]
+
+
+def _grasp_and_move(handle: np.ndarray, shift: np.ndarray, yaw: float) -> list[Waypoint]:
+    """Grasp a handle from above, drag it by ``shift``, release and back off upwards."""
+    end = handle + shift
+    return [Waypoint(_at(handle, SAFE_Z), yaw, OPEN), Waypoint(_at(handle, handle[2] + 0.06), yaw, OPEN),
+            Waypoint(handle, yaw, OPEN, FINE), Waypoint(handle, yaw, CLOSE, FINE, settle=6),
+            Waypoint(end, yaw, CLOSE, FINE), Waypoint(end, yaw, OPEN, FINE, settle=5),
+            Waypoint(_at(end, SAFE_Z), yaw, OPEN)]
+
+
+def _table_push_height() -> float:
+    return L.TABLE_TOP + 0.015
+
+
+# --- planners: View -> waypoints -------------------------------------------------------------
+
+
+def _plan_rotate(colour: str, sign: int) -> Callable[[View], list[Waypoint]]:
+    def plan(view: View) -> list[Waypoint]:
+        block = view.block(colour)
+        turn = sign * np.pi / 2
+        yaw = grasp_yaw(block, NEUTRAL_YAW - turn / 2)
+        grasp = _at(block.position, block.position[2] - GRASP_BELOW_CENTRE)
+        lifted = _at(grasp, grasp[2] + 0.03)
+        return (_rise(view, OPEN) + _pick(view, block, yaw)
+                + [Waypoint(lifted, yaw, CLOSE, FINE), Waypoint(lifted, yaw + turn, CLOSE, FINE),
+                   Waypoint(_at(grasp, grasp[2] + 0.004), yaw + turn, CLOSE, FINE),
+                   Waypoint(_at(grasp, grasp[2] + 0.004), yaw + turn, OPEN, FINE, settle=6),
+                   Waypoint(_at(grasp, SAFE_Z), yaw + turn, OPEN)])
+    return plan
+
+
+def _plan_push(colour: str, sign: int) -> Callable[[View], list[Waypoint]]:
+    def plan(view: View) -> list[Waypoint]:
+        block = view.block(colour)
+        start = _at(block.position, _table_push_height())
+        start[0] -= sign * (block.half_extent(0) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE)
+        end = start + np.array([sign * 0.17, 0.0, 0.0])
+        return _rise(view, CLOSE) + _push_along(start, end, view.yaw)
+    return plan
+
+
+def _plan_lift(colour: str) -> Callable[[View], list[Waypoint]]:
+    def plan(view: View) -> list[Waypoint]:
+        block = view.block(colour)
+        yaw = grasp_yaw(block, view.yaw)
+        return _rise(view, OPEN) + _pick(view, block, yaw) + [Waypoint(_at(block.position, SAFE_Z), yaw, CLOSE)]
+    return plan
+
+
+def _plan_slider(sign: int) -> Callable[[View], list[Waypoint]]:
+    def plan(view: View) -> list[Waypoint]:
+        goal = L.SLIDE_TRAVEL if sign > 0 else 0.0
+        handle = L.slide_handle(view.slide)
+        handle[2] = L.CABINET_WALL_TOP + 0.01 + 0.01  # fingertips just above the door panel
+        shift = np.array([-(goal - view.slide) - sign * 0.02, 0.0, 0.0])
+        return _rise(view, OPEN) + _grasp_and_move(handle, shift, _nearest(view.yaw, [np.pi / 2, -np.pi / 2]))
+    return plan
+
+
+def _plan_drawer(sign: int) -> Callable[[View], list[Waypoint]]:
+    def plan(view: View) -> list[Waypoint]:
+        goal = L.DRAWER_TRAVEL if sign > 0 else 0.0
+        shift = np.array([0.0, -(goal - view.drawer) - sign * 0.02, 0.0])
+        yaw = _nearest(view.yaw, [np.pi / 2, -np.pi / 2])
+        return _rise(view, OPEN) + _grasp_and_move(L.drawer_handle(view.drawer), shift, yaw)
+    return plan
+
+
+def _plan_switch(sign: int) -> Callable[[View], list[Waypoint]]:
+    def plan(view: View) -> list[Waypoint]:
+        goal = L.SWITCH_TRAVEL if sign > 0 else 0.0
+        knob = L.switch_handle(view.switch)
+        contact = 0.01 + FINGER_HALF_THICKNESS  # knob half depth + pad: tcp offset when touching
+        start = knob - np.array([0.0, sign * (contact + PUSH_CLEARANCE), 0.0])
+        end = L.switch_handle(goal) - np.array([0.0, sign * (contact - 0.01), 0.0])  # 1 cm into the end stop
+        return _rise(view, CLOSE) + _push_along(start, end, view.yaw)
+    return plan
+
+
+def _plan_button(view: View) -> list[Waypoint]:
+    top = view.config.button_top()
+    press = view.config.button_top(depth=0.8 * L.BUTTON_TRAVEL) + np.array([0.0, 0.0, 0.005])
+    return _rise(view, CLOSE) + [Waypoint(_at(top, SAFE_Z), view.yaw, CLOSE), Waypoint(_at(top, top[2] + 0.03),
+                                                                                        view.yaw, CLOSE),
+                                 Waypoint(press, view.yaw, CLOSE, FINE, settle=3),
+                                 Waypoint(_at(top, SAFE_Z), view.yaw, CLOSE)]
+
+
+def _held_or_pick(view: View, candidates: list[Block]) -> tuple[list[Waypoint], Block, float, float]:
+    """Waypoints that end with a block in hand, the block, its height above the tcp and the tcp yaw."""
+    held = view.held()
+    if held:
+        return _rise(view, CLOSE), held, _hold_offset(view, held), view.yaw
+    block = candidates[0]
+    yaw = grasp_yaw(block, view.yaw)
+    return _rise(view, OPEN) + _pick(view, block, yaw), block, GRASP_BELOW_CENTRE, yaw
+
+
+def _plan_place_in_slider(view: View) -> list[Waypoint]:
+    slot = 'slider_right' if view.slide > L.SLIDE_TRAVEL / 2 else 'slider_left'
+    start, _, offset, yaw = _held_or_pick(view, [b for b in view.blocks if view.on_table(b)])
+    return start + _release(np.array(L.SLIDER_SLOTS[slot]), L.PLANK_TOP, offset, yaw)
+
+
+def _plan_place_in_drawer(view: View) -> list[Waypoint]:
+    start, _, offset, yaw = _held_or_pick(view, [b for b in view.blocks if view.on_table(b)])
+    return start + _release(L.drawer_centre(view.drawer)[:2], L.DRAWER_FLOOR, offset, yaw)
+
+
+def _plan_stack(view: View) -> list[Waypoint]:
+    table = sorted((b for b in view.blocks if view.on_table(b)), key=lambda b: b.size[0])
+    start, held, offset, yaw = _held_or_pick(view, table)
+    base = next(b for b in reversed(table) if b.colour != held.colour)
+    return start + _release(base.position[:2], base.top, offset, yaw)
+
+
+FREE_SPOTS = tuple((x, y) for x in (-0.15, 0.0, 0.15, 0.3) for y in (-0.22, -0.1))
+
+
+def _plan_unstack(view: View) -> list[Waypoint]:
+    top, _ = view.stacked()
+    others = [b.position[:2] for b in view.blocks if b is not top]
+    spot = max(FREE_SPOTS, key=lambda s: min(np.linalg.norm(np.subtract(s, o)) for o in others))
+    yaw = grasp_yaw(top, view.yaw)
+    return (_rise(view, OPEN) + _pick(view, top, yaw)
+            + _release(np.array(spot), L.TABLE_TOP, GRASP_BELOW_CENTRE, yaw))
+
+
+def _plan_push_into_drawer(view: View) -> list[Waypoint]:
+    block = next(b for b in view.blocks if view.on_table(b))
+    start = _at(block.position, _table_push_height())
+    start[1] += block.half_extent(1) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE
+    end = _at(start)
+    end[1] = L.DESK_Y[0] - 0.03
+    return _rise(view, CLOSE) + _push_along(start, end, view.yaw)
+
+
+def _planners() -> dict[str, Callable[[View], list[Waypoint]]]:
+    planners: dict[str, Callable[[View], list[Waypoint]]] = {
+        'move_slider_left': _plan_slider(1), 'move_slider_right': _plan_slider(-1),
+        'open_drawer': _plan_drawer(1), 'close_drawer': _plan_drawer(-1),
+        'turn_on_lightbulb': _plan_switch(1), 'turn_off_lightbulb': _plan_switch(-1),
+        'turn_on_led': _plan_button, 'turn_off_led': _plan_button,
+        'place_in_slider': _plan_place_in_slider, 'place_in_drawer': _plan_place_in_drawer,
+        'stack_block': _plan_stack, 'unstack_block': _plan_unstack, 'push_into_drawer': _plan_push_into_drawer,
+    }
+    for colour in L.BLOCK_RGBA:
+        for side, sign in (('left', 1), ('right', -1)):
+            planners[f'rotate_{colour}_block_{side}'] = _plan_rotate(colour, sign)
+            planners[f'push_{colour}_block_{side}'] = _plan_push(colour, -sign)
+        for source in ('table', 'slider', 'drawer'):
+            planners[f'lift_{colour}_block_{source}'] = _plan_lift(colour)
+    return planners
+
+
+PLANNERS = _planners()
+
+
+def plan(task: str, view: View) -> list[Waypoint]:
+    """Waypoints that achieve ``task`` from the state in ``view``."""
+    return PLANNERS[task](view)
