@@ -24,3 +24,13 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | No
     cols = (torch.arange(width, device=images.device) + offsets[:, 1:]).clamp_(0, width - 1)
     index = torch.arange(count, device=images.device)[:, None, None]
     return images[index, rows[:, :, None], cols[:, None, :]]
+
+
+def augment_batch(batch: dict[str, torch.Tensor], static_pad: int, gripper_pad: int,
+                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Random-shift both cameras of a (B, T, H, W, C) batch, every frame by its own offset."""
+    shifted = dict(batch)
+    for key, pad in (('rgb_static', static_pad), ('rgb_gripper', gripper_pad)):
+        images = batch[key]
+        shifted[key] = random_shift(images.flatten(0, 1), pad, generator).view(images.shape)
+    return shifted

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -30,21 +29,20 @@ from deer_ros.model import load_model
 from deer_ros.model.tokenization import InstructionTokenizer
 from deer_ros.sim.dataset import LanguageWindows
 
-from .augment import random_shift
+from .augment import augment_batch
 from .checkpoint import ResumePoint, has_resume_point, load_resume_point, save_resume_point
 from .config import STAGES, TrainConfig
-from .data import ActionWindows, Batch, EpochBatchSampler, WindowCollator, open_split
+from .data import Batch, EpochBatchSampler, WindowCollator, open_split
 from .distributed import DistContext, init_distributed, shutdown_distributed
-from .heads import per_step_exits, switching_exits
+from .heads import per_step_exits
 from .metrics import MetricsLog
 from .objective import MultiExitObjective
-from .optim import build_optimizer, build_scheduler
 from .parameters import check_groups, default_frozen
+from .step import StageStep, autocast_dtype
 
 POLICY_DIR = 'policy'
 LAST_DIR = 'last'
 CONFIG_FILE = 'train_config.json'
-_AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 @dataclass
@@ -82,10 +80,11 @@ class Trainer:
             model = load_model(config.model, device=device)
             self.objective = MultiExitObjective(model, config.gripper_weight).to(device)
         self.frozen = check_groups(config.freeze) if config.freeze is not None else default_frozen(model.config)
-        self.amp_dtype = _AMP_DTYPES.get(config.precision) if device.type == 'cuda' else None
+        self.amp_dtype = autocast_dtype(config.precision, device)
         self.generator = torch.Generator()
         self.tokenizer = InstructionTokenizer(model.config.decoder)
-        self.train_set = open_split(Path(config.data), 'training', config.window, config.stride, model.config.use_proprio)
+        self.train_set = open_split(Path(config.data), 'training', config.window, config.stride,
+                                    model.config.use_proprio)
         self.val_set = self._validation_windows()
         self.metrics = None
         self.val_metrics: dict[str, float] = {}
@@ -102,7 +101,7 @@ class Trainer:
         if self.context.is_main and self.config.progress:
             tqdm.write(message)
 
-    def _validation_windows(self) -> ActionWindows | None:
+    def _validation_windows(self) -> Subset | None:
         """A fixed, seeded subset of non-overlapping validation windows (None when the split has none)."""
         if self.config.val_windows == 0 or not (Path(self.config.data) / 'validation').is_dir():
             return None
@@ -111,7 +110,7 @@ class Trainer:
         if len(windows) == 0:
             return None
         order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(self.config.seed))
-        return Subset(windows, order[:self.config.val_windows].tolist())  # type: ignore[return-value]
+        return Subset(windows, order[:self.config.val_windows].tolist())
 
     def _seed_streams(self, global_step: int) -> None:
         seed = ((self.config.seed * 1_000_003 + self.context.rank) * 1_000_033 + global_step) % 2**62
@@ -121,13 +120,8 @@ class Trainer:
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def _to_device(self, batch: Batch, augment: bool) -> Batch:
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        if augment:
-            for key, pad in (('rgb_static', self.config.static_pad), ('rgb_gripper', self.config.gripper_pad)):
-                images = batch[key]
-                batch[key] = random_shift(images.flatten(0, 1), pad, self.generator).view(images.shape)
-        return batch
+    def _to_device(self, batch: Batch) -> Batch:
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
     def _loader(self, dataset: Any, **kwargs: Any) -> DataLoader:
         return DataLoader(dataset, collate_fn=WindowCollator(self.tokenizer), num_workers=self.config.num_workers,
@@ -151,53 +145,32 @@ class Trainer:
                            self.val_metrics)
 
     def _run_stage(self, stage: str, first: int, global_step: int, point: ResumePoint | None) -> int:
-        config, objective = self.config, self.objective
+        config = self.config
         total = config.stage_steps(stage)
-        objective.set_stage(stage, self.frozen)
-        optimizer = build_optimizer(objective, config)
-        scheduler = build_scheduler(optimizer, config, total)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.objective.set_stage(stage, self.frozen)
+        update = StageStep(self.objective, config, total, self.device, self.generator, self.context.enabled)
         if point is not None and first > 0:
-            optimizer.load_state_dict(point.state['optimizer'])
-            scheduler.load_state_dict(point.state['scheduler'])
-            scaler.load_state_dict(point.state['scaler'])
-        # find_unused_parameters: a CLIP tower has a post-norm the patch tokens never pass through
-        network = DistributedDataParallel(objective, find_unused_parameters=True) if self.context.enabled \
-            else objective
+            update.load_state_dict(point.state)
         sampler = EpochBatchSampler(len(self.train_set), config.batch_size, config.seed * 10 + STAGES.index(stage),
                                     self.context.rank, self.context.world, start_batch=first)
         batches = iter(self._loader(self.train_set, batch_sampler=sampler))
         self._seed_streams(global_step)  # after the loader drew its worker seeds, as on resume
-        parameters = [p for group in optimizer.param_groups for p in group['params']]
         running: dict[str, torch.Tensor] = {}
         count, tick = 0, time.perf_counter()
         progress = tqdm(range(first, total), desc=stage, unit='step', initial=first, total=total,
                         disable=not (self.context.is_main and config.progress))
         for step in progress:
-            batch = self._to_device(next(batches), augment=True)
-            windows, steps = batch['pose'].shape[:2]
-            num_exits = objective.model.num_exits
-            s1 = per_step_exits(windows, steps, num_exits, self.generator)
-            s2 = switching_exits(windows, steps, num_exits, self.generator)
-            with self._autocast():
-                terms = network(batch, s1, s2)
-            loss = torch.stack(list(terms.values())).sum()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            batch = self._to_device(next(batches))
+            batch = augment_batch(batch, config.static_pad, config.gripper_pad, self.generator)
+            for name, value in update(batch).items():
+                running[name] = running.get(name, 0) + value  # no device sync until logged
             global_step += 1
             count += 1
-            for name, value in {'loss': loss, 'grad_norm': grad_norm, **terms}.items():
-                running[name] = running.get(name, 0) + value.detach()  # no device sync until logged
             done = step + 1
             if done % config.log_every == 0 or done == total:
-                rate = count * windows * self.context.world / (time.perf_counter() - tick)
+                rate = count * config.batch_size * self.context.world / (time.perf_counter() - tick)
                 values = {f'train/{name}': float(value) / count for name, value in running.items()}
-                values.update({'train/lr': scheduler.get_last_lr()[0], 'train/windows_per_s': rate})
+                values.update({'train/lr': update.lr, 'train/windows_per_s': rate})
                 if self.metrics is not None:
                     self.metrics.log(global_step, stage, values)
                 progress.set_postfix(loss=f"{values['train/loss']:.4f}", win_s=f'{rate:.1f}')
@@ -206,9 +179,7 @@ class Trainer:
             if done % config.eval_every == 0 or done == total:
                 self.val_metrics = self._validate(global_step, stage)
             if done % config.save_every == 0 or done == total:
-                state = {'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
-                         'scaler': scaler.state_dict()}
-                self._save(ResumePoint(stage, done, global_step, state))
+                self._save(ResumePoint(stage, done, global_step, update.state_dict()))
         progress.close()
         return global_step
 
@@ -228,7 +199,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed)  # the same mixed histories every time
         sums: dict[str, float] = defaultdict(float)
         for raw in self._loader(self.val_set, batch_size=self.config.batch_size):
-            batch = self._to_device(raw, augment=False)
+            batch = self._to_device(raw)
             windows, steps = batch['pose'].shape[:2]
             with self._autocast():
                 terms = objective.validation_terms(

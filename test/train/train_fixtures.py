@@ -56,7 +56,7 @@ def small_config() -> DeerConfig:
 
 
 def write_calvin_like_split(split_dir: Path, first: int, length: int, rng: np.random.Generator) -> np.ndarray:
-    """Frames as real CALVIN stores them (extra depth/tactile keys, float64 states, real embeddings); returns rel_actions."""
+    """Frames as real CALVIN stores them: extra depth/tactile keys, float64 states, real embeddings."""
     (split_dir / 'lang_annotations').mkdir(parents=True)
     rel_actions = np.concatenate([rng.uniform(-1.2, 1.2, (length, 6)), rng.choice([-1.0, 1.0], (length, 1))], axis=1)
     for offset in range(length):
