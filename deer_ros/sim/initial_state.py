@@ -53,7 +53,7 @@ def initial_state(conditions: Mapping[str, int | str], rng: np.random.Generator,
             (x, y), surface = table_slots.pop(0), L.TABLE_TOP
         else:
             (x, y), surface = L.SLIDER_SLOTS[place], L.PLANK_TOP
-        scene_obs[6 + 6 * i: 12 + 6 * i] = (x, y, surface + L.BLOCK_HEIGHT / 2, 0.0, 0.0, rng.uniform(*YAW_RANGE))
+        scene_obs[6 + 6 * i: 12 + 6 * i] = (x, y, L.resting_z(surface), 0.0, 0.0, rng.uniform(*YAW_RANGE))
     return DEFAULT_ROBOT_OBS.copy(), scene_obs
 
 

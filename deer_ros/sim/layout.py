@@ -22,6 +22,9 @@ TABLE_TOP = 0.44
 PLANK_TOP = 0.444  # cabinet floor, a separate link so "block in the slider" is a contact fact
 DRAWER_FLOOR = 0.31  # top of the drawer floor
 BLOCK_HEIGHT = 0.04
+# Blocks are placed this far into their support, as they rest after settling: pybullet reports no
+# contact at exactly zero distance, and the oracle needs the start contacts right after a reset.
+REST_DEPTH = 0.0005
 BLOCK_MASS = 0.15
 BLOCK_SIZES = {'small': (0.04, 0.04, 0.04), 'middle': (0.056, 0.04, 0.04), 'big': (0.08, 0.04, 0.04)}
 BLOCK_RGBA: Mapping[str, Rgba] = MappingProxyType({
@@ -103,6 +106,11 @@ def get_scene(name: str) -> SceneConfig:
     if name not in SCENES:
         raise ValueError(f'unknown scene {name!r}; choose one of {sorted(SCENES)}')
     return SCENES[name]
+
+
+def resting_z(support_top: float) -> float:
+    """Block centre height for a block resting on a support whose top is at ``support_top``."""
+    return support_top + BLOCK_HEIGHT / 2 - REST_DEPTH
 
 
 def slide_handle(q: float) -> np.ndarray:

@@ -172,7 +172,7 @@ def _plan_rotate(colour: str, sign: int) -> Callable[[View], list[Waypoint]]:
         grasp = _at(block.position, block.position[2] - GRASP_BELOW_CENTRE)
         lifted = _at(grasp, grasp[2] + 0.03)
         return (_rise(view, OPEN) + _pick(view, block, yaw)
-                + [Waypoint(lifted, yaw, CLOSE, FINE), Waypoint(lifted, yaw + turn, CLOSE, FINE),
+                + [Waypoint(lifted, yaw, CLOSE, FINE), Waypoint(lifted, yaw + turn, CLOSE),
                    Waypoint(_at(grasp, grasp[2] + 0.004), yaw + turn, CLOSE, FINE),
                    Waypoint(_at(grasp, grasp[2] + 0.004), yaw + turn, OPEN, FINE, settle=6),
                    Waypoint(_at(grasp, SAFE_Z), yaw + turn, OPEN)])

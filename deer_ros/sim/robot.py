@@ -29,7 +29,9 @@ WORKSPACE_LOW = np.array([-0.75, -0.75, 0.25])
 WORKSPACE_HIGH = np.array([0.55, 0.35, 0.85])
 MAX_JOINT_FORCE = 200.0
 MAX_JOINT_VELOCITY = 2.0
-GRIPPER_FORCE = {1: 2.0, -1: 200.0}  # open gently, close firmly (as calvin_env)
+# Open gently as calvin_env does; close with 50 N rather than its 200 N, which makes these stiff
+# pads squeeze a block until it rolls out of the grasp (50 N still holds a block with a 20x margin).
+GRIPPER_FORCE = {1: 2.0, -1: 50.0}
 ARM_RGBA = (0.92, 0.92, 0.92, 1.0)
 HAND_RGBA = (0.25, 0.25, 0.27, 1.0)
 

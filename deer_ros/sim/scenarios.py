@@ -53,14 +53,14 @@ def _block_slice(config: L.SceneConfig, colour: str) -> slice:
 def _into_drawer(colour: str) -> Callable[[Conditions, np.ndarray, L.SceneConfig], None]:
     def edit(conditions: Conditions, scene_obs: np.ndarray, config: L.SceneConfig) -> None:
         centre = L.drawer_centre(scene_obs[1])
-        scene_obs[_block_slice(config, colour)][:3] = (centre[0], centre[1], L.DRAWER_FLOOR + L.BLOCK_HEIGHT / 2)
+        scene_obs[_block_slice(config, colour)][:3] = (centre[0], centre[1], L.resting_z(L.DRAWER_FLOOR))
     return edit
 
 
 def _stack_first_two(conditions: Conditions, scene_obs: np.ndarray, config: L.SceneConfig) -> None:
     top, bottom = _on_table(conditions)[:2]
     below = scene_obs[_block_slice(config, bottom)]
-    scene_obs[_block_slice(config, top)][:3] = (below[0], below[1], below[2] + L.BLOCK_HEIGHT)
+    scene_obs[_block_slice(config, top)][:3] = (below[0], below[1], L.resting_z(below[2] + L.BLOCK_HEIGHT / 2))
 
 
 def _recipes() -> dict[str, Recipe]:
