@@ -1,0 +1,51 @@
+"""The scripted expert solves tasks from random starts (a few here; benchmarks/expert_success.py does all)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from deer_ros.sim.env import PlayTableEnv
+from deer_ros.sim.expert import ScriptedExpert
+from deer_ros.sim.scenarios import run_episode
+
+
+@pytest.fixture(scope='module')
+def env() -> Iterator[PlayTableEnv]:
+    env = PlayTableEnv('D', seed=0, cameras=False)
+    yield env
+    env.close()
+
+
+@pytest.mark.parametrize('task, seed', [
+    ('open_drawer', 0), ('move_slider_left', 0), ('turn_off_lightbulb', 0), ('rotate_blue_block_left', 0),
+    ('lift_pink_block_slider', 1), ('place_in_drawer', 0), ('stack_block', 0), ('push_into_drawer', 1),
+])
+def test_expert_solves_task_from_a_random_start(env: PlayTableEnv, task: str, seed: int) -> None:
+    success, steps = run_episode(env, ScriptedExpert(env), task, np.random.default_rng(seed))
+    assert success and steps <= 200
+
+
+def test_expert_adapts_to_another_scene_layout() -> None:
+    with PlayTableEnv('A', seed=0, cameras=False) as env:  # button elsewhere, other block sizes
+        for task in ('turn_on_led', 'lift_red_block_table'):
+            assert run_episode(env, ScriptedExpert(env), task, np.random.default_rng(0))[0]
+
+
+def test_actions_are_valid_relative_actions(env: PlayTableEnv) -> None:
+    expert = ScriptedExpert(env)
+    expert.reset('close_drawer')
+    obs = env.reset()
+    for _ in range(40):
+        action = expert.act(obs)
+        assert action.shape == (7,) and np.all(np.abs(action) <= 1.0) and action[6] in (-1.0, 1.0)
+        obs, *_ = env.step(action)
+
+
+def test_expert_rejects_unknown_tasks_and_acting_before_reset(env: PlayTableEnv) -> None:
+    expert = ScriptedExpert(env)
+    with pytest.raises(RuntimeError):
+        expert.act(env.get_obs())
+    with pytest.raises(ValueError):
+        expert.reset('juggle')
