@@ -40,7 +40,8 @@ class PlayTableEnv(SimEnv):
     def __init__(self, scene: str = 'D', seed: int = 0, cameras: bool = True) -> None:
         self.config = get_scene(scene)
         self.rng = np.random.default_rng(seed)
-        self._cameras = cameras
+        self._render = cameras
+        self.cameras: dict[str, StaticCamera | GripperCamera] = {}
         self._p = BulletClient(connection_mode=pybullet.DIRECT)
         self._tmp = tempfile.TemporaryDirectory(prefix='deer_ros_sim_')
         self._urdf = write_panda_urdf(Path(self._tmp.name) / 'panda.urdf')
@@ -55,10 +56,10 @@ class PlayTableEnv(SimEnv):
         p.setGravity(0, 0, -9.8)
         self.robot = Robot(p, self._urdf)
         self.scene = Scene(p, self.config)
-        if self._cameras:
+        if self._render:
             floor = self.config.palette['floor']
-            self._static_camera = StaticCamera(p, floor)
-            self._gripper_camera = GripperCamera(p, self.robot.camera_pose, floor)
+            self.cameras = {'rgb_static': StaticCamera(p, floor),
+                            'rgb_gripper': GripperCamera(p, self.robot.camera_pose, floor)}
 
     def reset(self, robot_obs: np.ndarray | None = None, scene_obs: np.ndarray | None = None) -> Obs:
         robot_state = _state(robot_obs, ROBOT_OBS_DIM, 'robot_obs')
@@ -79,9 +80,7 @@ class PlayTableEnv(SimEnv):
         return self.get_obs(), 0.0, False, self.get_info()
 
     def get_obs(self) -> Obs:
-        images = ({'rgb_static': self._static_camera.render(), 'rgb_gripper': self._gripper_camera.render()}
-                  if self._cameras else {})
-        return {'rgb_obs': images, 'robot_obs': self.robot.get_obs(), 'scene_obs': self.scene.get_obs()}
+        return {'rgb_obs': {name: camera.render() for name, camera in self.cameras.items()}, 'robot_obs': self.robot.get_obs(), 'scene_obs': self.scene.get_obs()}
 
     def get_info(self) -> Info:
         return {'robot_info': self.robot.get_info(), 'scene_info': self.scene.get_info()}
