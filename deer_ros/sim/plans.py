@@ -236,39 +236,54 @@ def _plan_button(view: View) -> list[Waypoint]:
                                  Waypoint(_at(top, SAFE_Z), view.yaw, CLOSE)]
 
 
+class Infeasible(Exception):
+    """The scene does not allow the task (e.g. nothing to stack); the expert then holds still."""
+
+
 def _held_or_pick(view: View, candidates: list[Block]) -> tuple[list[Waypoint], Block, float, float]:
     """Waypoints that end with a block in hand, the block, its height above the tcp and the tcp yaw."""
     held = view.held()
     if held:
         return _rise(view, CLOSE), held, _hold_offset(view, held), view.yaw
+    if not candidates:
+        raise Infeasible('no block in hand and none to pick up')
     block = candidates[0]
     yaw = grasp_yaw(block, view.yaw)
     return _rise(view, OPEN) + _pick(view, block, yaw), block, GRASP_BELOW_CENTRE, yaw
 
 
+def _table_blocks(view: View) -> list[Block]:
+    return [block for block in view.blocks if view.on_table(block)]
+
+
 def _plan_place_in_slider(view: View) -> list[Waypoint]:
     slot = 'slider_right' if view.slide > L.SLIDE_TRAVEL / 2 else 'slider_left'
-    start, _, offset, yaw = _held_or_pick(view, [b for b in view.blocks if view.on_table(b)])
+    start, _, offset, yaw = _held_or_pick(view, _table_blocks(view))
     return start + _release(np.array(L.SLIDER_SLOTS[slot]), L.PLANK_TOP, offset, yaw)
 
 
 def _plan_place_in_drawer(view: View) -> list[Waypoint]:
-    start, _, offset, yaw = _held_or_pick(view, [b for b in view.blocks if view.on_table(b)])
+    start, _, offset, yaw = _held_or_pick(view, _table_blocks(view))
     return start + _release(L.drawer_centre(view.drawer)[:2], L.DRAWER_FLOOR, offset, yaw)
 
 
 def _plan_stack(view: View) -> list[Waypoint]:
-    table = sorted((b for b in view.blocks if view.on_table(b)), key=lambda b: b.size[0])
+    table = sorted(_table_blocks(view), key=lambda b: b.size[0])  # small on top of big
     start, held, offset, yaw = _held_or_pick(view, table)
-    base = next(b for b in reversed(table) if b.colour != held.colour)
-    return start + _release(base.position[:2], base.top, offset, yaw)
+    bases = [block for block in table if block.colour != held.colour]
+    if not bases:
+        raise Infeasible('no block on the table to stack onto')
+    return start + _release(bases[-1].position[:2], bases[-1].top, offset, yaw)
 
 
 FREE_SPOTS = tuple((x, y) for x in (-0.15, 0.0, 0.15, 0.3) for y in (-0.22, -0.1))
 
 
 def _plan_unstack(view: View) -> list[Waypoint]:
-    top, _ = view.stacked()
+    stack = view.stacked()
+    if stack is None:
+        raise Infeasible('no stack')
+    top, _ = stack
     others = [b.position[:2] for b in view.blocks if b is not top]
     spot = max(FREE_SPOTS, key=lambda s: min(np.linalg.norm(np.subtract(s, o)) for o in others))
     yaw = grasp_yaw(top, view.yaw)
@@ -277,7 +292,10 @@ def _plan_unstack(view: View) -> list[Waypoint]:
 
 
 def _plan_push_into_drawer(view: View) -> list[Waypoint]:
-    block = next(b for b in view.blocks if view.on_table(b))
+    table = _table_blocks(view)
+    if not table:
+        raise Infeasible('no block on the table')
+    block = table[0]
     start = _at(block.position, _table_push_height())
     start[1] += block.half_extent(1) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE
     end = _at(start)
@@ -307,5 +325,8 @@ PLANNERS = _planners()
 
 
 def plan(task: str, view: View) -> list[Waypoint]:
-    """Waypoints that achieve ``task`` from the state in ``view``."""
-    return PLANNERS[task](view)
+    """Waypoints that achieve ``task`` from the state in ``view``; none when the scene does not allow it."""
+    try:
+        return PLANNERS[task](view)
+    except Infeasible:
+        return []

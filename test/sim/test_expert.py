@@ -49,3 +49,10 @@ def test_expert_rejects_unknown_tasks_and_acting_before_reset(env: PlayTableEnv)
         expert.act(env.get_obs())
     with pytest.raises(ValueError):
         expert.reset('juggle')
+
+
+def test_expert_holds_still_when_the_scene_does_not_allow_the_task(env: PlayTableEnv) -> None:
+    expert = ScriptedExpert(env)
+    expert.reset('unstack_block')  # a fresh start state never has a stack
+    action = expert.act(env.reset())
+    assert expert.done and np.all(action[:6] == 0.0)
