@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from deer_ros.policy.exit_criterion import METRICS
+
 from .config import PRECISIONS, SCHEDULES, TrainConfig
 from .parameters import GROUPS
 
@@ -25,9 +27,11 @@ _HELP = {
     'head_lr_scale': 'heads learning rate = lr * this, in the joint stage',
     'head_stage_lr': 'shared-head learning rate in the heads stage',
     'freeze': f'parameter groups frozen in the joint stage ({", ".join(GROUPS)}); '
-              'default: a pretrained decoder and its embeddings when the model config says freeze_pretrained',
+              'default: a pretrained decoder and its embeddings when the model config says freeze_pretrained; '
+              'a bare --freeze trains everything',
     'precision': 'autocast dtype on GPU (CPU always runs fp32)',
     'device': 'auto, cpu, cuda or cuda:N',
+    'threads': 'torch CPU threads per process (0: torch default); 1 is fastest on a busy machine',
     'val_windows': 'validation windows scored every --eval-every steps (0: none)',
     'calibration_windows': 'validation windows for the calibration file (0: skip calibration)',
 }
@@ -45,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif field.name == 'progress':
             parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
         else:
-            choices = {'precision': PRECISIONS, 'schedule': SCHEDULES}.get(field.name)
+            choices = {'precision': PRECISIONS, 'schedule': SCHEDULES,
+                       'calibration_metric': sorted(METRICS)}.get(field.name)
             parser.add_argument(flag, type=type(field.default), default=field.default, choices=choices,
                                 help=f'{help_text + "; " if help_text else ""}default: %(default)s')
     parser.add_argument('--resume', action='store_true', help='continue from OUTPUT/last if it exists')

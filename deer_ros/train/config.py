@@ -43,6 +43,7 @@ class TrainConfig:
     precision: str = 'bf16'             # autocast dtype on GPU; CPU always trains in fp32
     device: str = 'auto'
     num_workers: int = 2
+    threads: int = 0                    # torch intra-op threads per process; 0 = torch's default
     seed: int = 0
     log_every: int = 10
     eval_every: int = 200
@@ -61,7 +62,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('joint_steps', 'head_steps', 'warmup_steps', 'val_windows', 'calibration_windows',
-                     'static_pad', 'gripper_pad', 'num_workers'):
+                     'static_pad', 'gripper_pad', 'num_workers', 'threads'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
 

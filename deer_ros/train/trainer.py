@@ -56,6 +56,8 @@ class TrainResult:
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Run (or, with ``resume``, continue) the two-stage training described by ``config``."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
     context, device = init_distributed(config.device)
     try:
         return Trainer(config, context, device, resume).run()
