@@ -1,0 +1,164 @@
+"""DeeR's trade-off, measured in one run: success versus GFLOPs on held-out chains.
+
+Evaluates, on the same chains of the embedded simulator:
+  * DeeR under several average-LLM-GFLOPs budgets (thresholds solved from the
+    checkpoint's calibration file),
+  * static truncation at every exit (every step runs to exit k),
+  * full depth (= static truncation at the last exit).
+For each: average successful length with a 95 % confidence interval, average
+and peak LLM GFLOPs, average total GFLOPs, resident parameter memory and step
+latency. Headlines: full-depth / DeeR average-GFLOPs ratio at equal success,
+and realised-versus-requested budget error.
+
+    .venv/bin/python benchmarks/tradeoff.py --source deer_ros/pretrained/tiny --chains 50 --workers 2 \
+        --output runs/tradeoff
+    .venv/bin/python benchmarks/tradeoff.py --reduced --output /tmp/tradeoff   # CI smoke run
+
+Reporting chains start at ``--offset`` (default 500) of the fixed chain list,
+disjoint from the first chains that threshold refinement tunes on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deer_ros.budget.caps import Budget
+from deer_ros.policy.chain_policy import ChainPolicyFactory, peak_from_histogram
+from deer_ros.policy.runtime import PolicyRuntime
+from deer_ros.sim.evaluation import EmbeddedSim, EvaluationReport, evaluate
+from deer_ros.sim.sequences import DEFAULT_NUM_CHAINS, disjoint_subsets, generate_chains
+from deer_ros.sim.tasks import SUPPORTED_TASKS
+
+
+@dataclass
+class Setting:
+    name: str
+    kind: str  # 'deer' | 'static'
+    budget: Budget
+
+
+def confidence_interval(successes: list[int]) -> float:
+    """Half-width of the normal-approximation 95 % interval of the mean successful length."""
+    if len(successes) < 2:
+        return float('nan')
+    return 1.96 * float(np.std(successes, ddof=1)) / math.sqrt(len(successes))
+
+
+def settings_for(source: str, budgets: list[float] | None, num_budgets: int) -> tuple[list[Setting], object]:
+    """Static truncation at every exit, then DeeR budgets (given, or spread over the feasible range)."""
+    runtime = PolicyRuntime(source)
+    table = runtime.cost_table
+    settings = [Setting(f'static exit {k + 1}', 'static', Budget(peak_gflops=table.llm_gflops[k]))
+                for k in range(table.num_exits)]
+    if budgets is None:
+        low, high = runtime.feasible_average()
+        budgets = list(np.linspace(low, high, num_budgets + 2)[1:-1])
+    settings += [Setting(f'DeeR {b:.4g}', 'deer', Budget(avg_gflops=float(b))) for b in budgets]
+    return settings, table
+
+
+def row_for(setting: Setting, report: EvaluationReport, table) -> dict:
+    stats = report.step_stats()
+    successes = [result.successes for result in report.results]
+    row = {'name': setting.name, 'kind': setting.kind, 'requested_avg_gflops': setting.budget.avg_gflops,
+           'average_length': report.average_length, 'ci95': confidence_interval(successes),
+           'success_rates': report.success_rates,
+           'avg_llm_gflops': stats.get('llm_gflops', float('nan')),
+           'peak_llm_gflops': peak_from_histogram(stats, table.llm_gflops),
+           'avg_total_gflops': stats.get('total_gflops', float('nan')),
+           'avg_exit': stats.get('exit', float('nan')), 'latency_ms': stats.get('latency_ms', float('nan')),
+           'exit_histogram': [stats.get(f'exit_{k + 1}', 0.0) for k in range(table.num_exits)]}
+    deepest = max((k for k, share in enumerate(row['exit_histogram']) if share > 0), default=0)
+    row['param_mib'] = table.param_bytes[deepest] / 2**20
+    if setting.budget.avg_gflops:
+        row['budget_error'] = row['avg_llm_gflops'] / setting.budget.avg_gflops - 1.0
+    return row
+
+
+def headlines(rows: list[dict]) -> dict:
+    full = [r for r in rows if r['kind'] == 'static'][-1]
+    deer = [r for r in rows if r['kind'] == 'deer']
+    matching = [r for r in deer if r['average_length'] >= full['average_length']]
+    best = min(matching, key=lambda r: r['avg_llm_gflops'], default=None)
+    return {'full_depth_average_length': full['average_length'],
+            'full_over_deer_gflops_at_equal_success':
+                full['avg_llm_gflops'] / best['avg_llm_gflops'] if best else None,
+            'deer_setting_matching_full_depth': best['name'] if best else None,
+            'max_abs_budget_error': max((abs(r['budget_error']) for r in deer), default=None)}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for kind, style, label in (('static', 's--', 'static truncation'), ('deer', 'o-', 'DeeR (average budget)')):
+        points = sorted((r['avg_llm_gflops'], r['average_length'], r['ci95']) for r in rows if r['kind'] == kind)
+        if points:
+            x, y, err = zip(*points)
+            axis.errorbar(x, y, yerr=[0 if math.isnan(e) else e for e in err], fmt=style, capsize=3, label=label)
+    axis.set_xlabel('average LLM GFLOPs per action')
+    axis.set_ylabel('average successful length (of 5)')
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def markdown(rows: list[dict], head: dict) -> str:
+    lines = ['| setting | avg len ± 95% CI | avg LLM GFLOPs | peak LLM GFLOPs | avg total GFLOPs | params MiB '
+             '| avg exit | step ms | budget error |', '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        error = f"{r['budget_error'] * 100:+.1f}%" if 'budget_error' in r else ''
+        lines.append(f"| {r['name']} | {r['average_length']:.2f} ± {r['ci95']:.2f} | {r['avg_llm_gflops']:.4f} | "
+                     f"{r['peak_llm_gflops']:.4f} | {r['avg_total_gflops']:.4f} | {r['param_mib']:.1f} | "
+                     f"{r['avg_exit']:.2f} | {r['latency_ms']:.1f} | {error} |")
+    lines.append('')
+    lines.append(f'headlines: {json.dumps(head)}')
+    return '\n'.join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--source', default='tiny', help='checkpoint directory (with calibration) or config name')
+    parser.add_argument('--chains', type=int, default=50)
+    parser.add_argument('--offset', type=int, default=500, help='first reporting chain (BO tunes on chains < 500)')
+    parser.add_argument('--budgets', type=float, nargs='*', default=None, help='average LLM GFLOPs budgets')
+    parser.add_argument('--num-budgets', type=int, default=5)
+    parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--max-steps', type=int, default=360)
+    parser.add_argument('--scene', default='D')
+    parser.add_argument('--reduced', action='store_true', help='CI smoke run: 1 chain, 12 steps, 2 budgets, static exits first and last')
+    parser.add_argument('--output', type=Path, required=True, help='directory for results.json, tradeoff.png, table.md')
+    args = parser.parse_args()
+    if args.reduced:
+        args.chains, args.max_steps, args.num_budgets = 1, 12, 2
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    settings, table = settings_for(args.source, args.budgets, args.num_budgets)
+    if args.reduced:  # first and last static exit only
+        settings = [s for s in settings if s.kind == 'deer' or s.name in (settings[0].name, f'static exit {table.num_exits}')]
+    [chains] = disjoint_subsets(generate_chains(list(SUPPORTED_TASKS), DEFAULT_NUM_CHAINS), [args.chains], args.offset)
+    rows = []
+    for setting in settings:
+        print(f'== {setting.name}')
+        report = evaluate(chains, EmbeddedSim(args.scene), ChainPolicyFactory(args.source, setting.budget),
+                          workers=args.workers, max_steps=args.max_steps)
+        rows.append(row_for(setting, report, table))
+    head = headlines(rows)
+    (args.output / 'results.json').write_text(json.dumps(
+        {'source': args.source, 'chains': args.chains, 'offset': args.offset, 'max_steps': args.max_steps,
+         'cost_table': asdict(table), 'rows': rows, 'headlines': head}, indent=1))
+    plot(rows, args.output / 'tradeoff.png')
+    text = markdown(rows, head)
+    (args.output / 'table.md').write_text(text + '\n')
+    print(text)
+
+
+if __name__ == '__main__':
+    main()

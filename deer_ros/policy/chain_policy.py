@@ -1,0 +1,70 @@
+"""The DeeR policy behind the chain evaluator's policy protocol, with per-step cost statistics.
+
+``deer_ros.sim.evaluation`` drives any object with ``reset()``,
+``step(obs, instruction) -> (7,) action`` and optionally ``step_stats()``;
+this adapter turns a simulator observation into an :class:`Observation`,
+steps a :class:`PolicyRuntime` and reports the exit taken and its counted
+cost. The per-exit indicator stats (``exit_1`` .. ``exit_n``) average into
+the exit histogram, from which the evaluation's peak cost is read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deer_ros.budget.caps import Budget
+from deer_ros.policy.runtime import PolicyRuntime
+from deer_ros.policy.types import ExitInfo, Observation
+
+
+class ChainPolicy:
+    """Adapter: CALVIN-style observation dict in, 7-D relative action out."""
+
+    def __init__(self, runtime: PolicyRuntime) -> None:
+        self.runtime = runtime
+        self._last: ExitInfo | None = None
+
+    def reset(self) -> None:
+        self.runtime.reset()
+
+    def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
+        observation = Observation(obs['rgb_obs']['rgb_static'], obs['rgb_obs']['rgb_gripper'])
+        action, self._last = self.runtime.step(observation, instruction)
+        return action.as_array()
+
+    def step_stats(self) -> dict[str, float]:
+        info = self._last
+        assert info is not None, 'step_stats() is read after step()'
+        stats = {'exit': info.exit_index + 1.0, 'llm_gflops': info.llm_gflops,
+                 'total_gflops': info.total_gflops, 'latency_ms': info.latency_ms}
+        stats.update({f'exit_{k + 1}': float(k == info.exit_index) for k in range(self.runtime.cost_table.num_exits)})
+        return stats
+
+
+@dataclass(frozen=True)
+class ChainPolicyFactory:
+    """Picklable recipe: each evaluation worker builds its own runtime from it."""
+
+    source: str
+    budget: Budget = field(default_factory=Budget)
+    device: str = 'cpu'
+    threads: int = 1
+
+    def __call__(self, env: object = None) -> ChainPolicy:
+        import torch
+        torch.set_num_threads(self.threads)
+        return ChainPolicy(PolicyRuntime(self.source, device=self.device, budget=self.budget))
+
+
+def peak_from_histogram(step_stats: dict[str, float], per_exit_cost: list[float] | tuple[float, ...]) -> float:
+    """Cost of the deepest exit that any step took (peak per-step cost of an evaluation)."""
+    used = [k for k in range(len(per_exit_cost)) if step_stats.get(f'exit_{k + 1}', 0.0) > 0.0]
+    return float(per_exit_cost[max(used)]) if used else 0.0
+
+
+def deer_policy(env: object = None, source: str = 'tiny', avg_gflops: float | None = None,
+                peak_gflops: float | None = None, device: str = 'cpu') -> ChainPolicy:
+    """Entry point for ``deer-ros evaluate --policy deer_ros.policy.chain_policy:deer_policy --policy-kwargs '{...}'``."""
+    return ChainPolicyFactory(source, Budget(avg_gflops=avg_gflops, peak_gflops=peak_gflops), device)(env)
