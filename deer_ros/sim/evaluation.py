@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deer_ros.sim.env import PlayTableEnv
+from deer_ros.sim.expert import ScriptedExpert
 from deer_ros.sim.initial_state import initial_state
 from deer_ros.sim.interface import Info, Obs, SimEnv
 from deer_ros.sim.language import evaluation_instruction, task_for_instruction
@@ -181,7 +182,8 @@ def _run_all(items: list[tuple[int, Chain]], sim_factory: SimFactory, policy_fac
     if workers == 1:
         _init_worker(sim_factory, policy_factory, max_steps)
         try:
-            yield from map(_run_item, items)
+            for item in items:  # not map(): a StopIteration leaking from a policy would end it silently
+                yield _run_item(item)
         finally:
             _close_worker()
         return
@@ -235,7 +237,6 @@ class ExpertPolicy:
     """
 
     def __init__(self, env: SimEnv) -> None:
-        from deer_ros.sim.expert import ScriptedExpert
         self._expert = ScriptedExpert(env)
         self._task: str | None = None
 

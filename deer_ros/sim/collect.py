@@ -1,0 +1,186 @@
+"""``deer-ros collect``: record scripted-expert demonstrations in CALVIN format.
+
+Each rollout starts from a random CALVIN start state and does up to
+``--chain-length`` random tasks in a row, each picked among those the symbolic
+model says are possible in the current state (so place/stack tasks get demos
+too: they follow a lift). Like CALVIN's play data, one rollout is one
+contiguous recording and every oracle-confirmed subtask is a language-annotated
+range inside it; a failed subtask ends the rollout and its frames are dropped.
+Whole rollouts go to ``training`` or ``validation``, so windows never leak
+across the split.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from deer_ros.sim.dataset import Annotation, CalvinDatasetWriter
+from deer_ros.sim.env import PlayTableEnv
+from deer_ros.sim.evaluation import EP_LEN
+from deer_ros.sim.expert import ScriptedExpert
+from deer_ros.sim.initial_state import initial_state
+from deer_ros.sim.interface import Obs
+from deer_ros.sim.language import training_instructions
+from deer_ros.sim.layout import SCENES
+from deer_ros.sim.sequences import SymbolicState, applicable_tasks, initial_states
+from deer_ros.sim.tasks import SUPPORTED_TASKS, TaskOracle
+
+
+class Recording:
+    """Frames of one rollout in CALVIN's per-frame layout.
+
+    Frame t holds the observation at t and the action taken from it:
+    ``rel_actions[t]`` as sent, ``actions[t]`` the absolute tcp pose reached at
+    t+1 with the same gripper command (CALVIN's definition).
+    """
+
+    def __init__(self) -> None:
+        self._frames: list[dict[str, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def add(self, obs: Obs, action: np.ndarray, next_obs: Obs) -> None:
+        action = np.asarray(action, dtype=np.float64)
+        self._frames.append({
+            'actions': np.concatenate([next_obs['robot_obs'][:6], action[6:]]),
+            'rel_actions': action,
+            'robot_obs': obs['robot_obs'],
+            'scene_obs': obs['scene_obs'],
+            'rgb_static': obs['rgb_obs']['rgb_static'],
+            'rgb_gripper': obs['rgb_obs']['rgb_gripper'],
+        })
+
+    def truncate(self, length: int) -> None:
+        del self._frames[length:]
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        return {key: np.stack([frame[key] for frame in self._frames]) for key in self._frames[0]}
+
+
+@dataclass
+class CollectSummary:
+    """How many demos went where, and the expert's success per attempted task."""
+
+    demos: Counter = field(default_factory=Counter)
+    frames: Counter = field(default_factory=Counter)
+    attempted: Counter = field(default_factory=Counter)
+    succeeded: Counter = field(default_factory=Counter)
+
+    def to_json(self) -> dict:
+        return {'demos': dict(self.demos), 'frames': dict(self.frames),
+                'expert_success': {task: [self.succeeded[task], self.attempted[task]] for task in sorted(self.attempted)}}
+
+
+class Collector:
+    """Rolls out the expert over random task sequences; one env per scene, built on first use."""
+
+    def __init__(self, scenes: Sequence[str], rng: np.random.Generator, max_steps: int = EP_LEN) -> None:
+        self.scenes = list(scenes)
+        self.rng = rng
+        self.max_steps = max_steps
+        self.oracle = TaskOracle()
+        self._envs: dict[str, tuple[PlayTableEnv, ScriptedExpert]] = {}
+        self._starts = initial_states()
+        self.summary = CollectSummary()
+
+    def rollout(self, max_tasks: int) -> tuple[Recording, list[Annotation]]:
+        """One recording with up to ``max_tasks`` successful, annotated subtasks."""
+        scene = self.scenes[int(self.rng.integers(len(self.scenes)))]
+        env, expert = self._env(scene)
+        state = self._starts[int(self.rng.integers(len(self._starts)))]
+        robot_obs, scene_obs = initial_state(state.conditions(), self.rng, scene)
+        obs = env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
+        recording, annotations = Recording(), []
+        for _ in range(max_tasks):
+            options = applicable_tasks(state, SUPPORTED_TASKS)
+            task, next_state = options[int(self.rng.integers(len(options)))]
+            start = len(recording)
+            done, obs = self._attempt(env, expert, obs, task, recording)
+            if not done:
+                recording.truncate(start)
+                break
+            phrasings = training_instructions(task)
+            annotations.append(Annotation(start, len(recording) - 1, phrasings[int(self.rng.integers(len(phrasings)))], task))
+            state = next_state
+        return recording, annotations
+
+    def _attempt(self, env: PlayTableEnv, expert: ScriptedExpert, obs: Obs, task: str,
+                 recording: Recording) -> tuple[bool, Obs]:
+        self.summary.attempted[task] += 1
+        expert.reset(task)
+        start_info = env.get_info()
+        for _ in range(self.max_steps):
+            action = expert.act(obs)
+            next_obs, _, _, info = env.step(action)
+            recording.add(obs, action, next_obs)
+            obs = next_obs
+            if self.oracle.get_task_info_for_set(start_info, info, {task}):
+                self.summary.succeeded[task] += 1
+                return True, obs
+        return False, obs
+
+    def _env(self, scene: str) -> tuple[PlayTableEnv, ScriptedExpert]:
+        if scene not in self._envs:
+            env = PlayTableEnv(scene=scene)
+            self._envs[scene] = (env, ScriptedExpert(env))
+        return self._envs[scene]
+
+    def close(self) -> None:
+        for env, _ in self._envs.values():
+            env.close()
+
+
+def collect(output: Path, num_demos: int, scenes: Sequence[str], seed: int = 0, validation_fraction: float = 0.1,
+            chain_length: int = 5, max_steps: int = EP_LEN, progress: bool = True) -> CollectSummary:
+    """Record ``num_demos`` successful subtask demos into ``output/{training,validation}``."""
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f'validation fraction must be in [0, 1), got {validation_fraction}')
+    collector = Collector(scenes, np.random.default_rng(seed), max_steps)
+    summary = collector.summary
+    bar = tqdm(total=num_demos, desc='demos', unit='demo', disable=not progress)
+    try:
+        with CalvinDatasetWriter(output) as writer:
+            while sum(summary.demos.values()) < num_demos:
+                recorded = sum(summary.demos.values())
+                recording, annotations = collector.rollout(min(chain_length, num_demos - recorded))
+                if not annotations:
+                    continue
+                # Keep validation at the requested share of demos, deterministically.
+                split = ('validation' if summary.demos['validation'] < validation_fraction * (recorded + len(annotations))
+                         else 'training')
+                writer.add_episode(split, recording.stacked(), annotations)
+                summary.demos[split] += len(annotations)
+                summary.frames[split] += len(recording)
+                bar.update(len(annotations))
+    finally:
+        bar.close()
+        collector.close()
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--output', type=Path, required=True, help='dataset root (gets training/ and validation/)')
+    parser.add_argument('--episodes', type=int, default=100,
+                        help='number of language-annotated demos to record (one successful subtask each)')
+    parser.add_argument('--scenes', nargs='+', default=['D'], choices=sorted(SCENES),
+                        help='scene variants, one drawn per rollout')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--validation-fraction', type=float, default=0.1)
+    parser.add_argument('--chain-length', type=int, default=5, help='subtasks per rollout before a fresh reset')
+    parser.add_argument('--max-steps', type=int, default=EP_LEN, help='step budget per subtask')
+    parser.add_argument('--no-progress', action='store_true')
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = collect(args.output, args.episodes, args.scenes, args.seed, args.validation_fraction,
+                      args.chain_length, args.max_steps, progress=not args.no_progress)
+    print(json.dumps(summary.to_json(), indent=1))
+    return 0
