@@ -33,7 +33,7 @@ STALE_POLICIES: tuple[str, ...] = ('hold', 'silent')
 @dataclass
 class _Slot:
     value: Any = None
-    stamp: Any = None  # header stamp of the message the value came from
+    stamp: int = 0  # header stamp (ns) of the message the value came from; 0 = unstamped
     received: float | None = None  # steady-clock seconds
     sequence: int = 0  # counts accepted values, to tell a new frame from a repeated one
     error: str | None = None  # why the newest message was rejected; cleared by the next good one
@@ -44,10 +44,18 @@ class Snapshot:
     """Newest accepted values and every reason they cannot be used now."""
 
     values: dict[str, Any]
-    stamps: dict[str, Any]
+    stamps: dict[str, int]
     sequences: dict[str, int]
     ages: dict[str, float | None]
     problems: list[str]
+
+    def frame_key(self, name: str) -> tuple[str, int]:
+        """What makes a frame new: its stamp, or its arrival count when the sender does not stamp.
+
+        By stamp, a frame re-sent unchanged (to keep inputs fresh while the
+        policy thinks) is not acted on twice.
+        """
+        return ('stamp', self.stamps[name]) if self.stamps[name] else ('sequence', self.sequences[name])
 
 
 class InputBuffer:
@@ -57,10 +65,10 @@ class InputBuffer:
         self._slots = {name: _Slot() for name in INPUTS}
         self._lock = threading.Lock()
 
-    def put(self, name: str, value: Any, now: float, stamp: Any = None) -> None:
+    def put(self, name: str, value: Any, now: float, stamp_ns: int = 0) -> None:
         with self._lock:
             slot = self._slots[name]
-            slot.value, slot.stamp, slot.received, slot.error = value, stamp, now, None
+            slot.value, slot.stamp, slot.received, slot.error = value, stamp_ns, now, None
             slot.sequence += 1
 
     def value(self, name: str) -> Any:
@@ -118,7 +126,7 @@ class Decision:
     kind: Literal['action', 'hold', 'silent', 'wait']
     action: Action | None = None
     info: ExitInfo | None = None
-    stamp: Any = None  # stamp of the static frame the action was computed from
+    stamp_ns: int | None = None  # stamp of the static frame the action was computed from
     problems: list[str] = field(default_factory=list)
 
 
@@ -150,7 +158,7 @@ class PolicyController:
         self.require_new_frame = require_new_frame
         self.gripper = GRIPPER_OPEN  # CALVIN starts every episode open
         self._instruction_lock = threading.Lock()
-        self._last_frame = 0
+        self._last_frame: tuple[str, int] | None = None
 
     def set_instruction(self, text: str, now: float) -> bool:
         """Store a new instruction; a changed text resets the policy (new task). Returns whether it reset."""
@@ -165,7 +173,7 @@ class PolicyController:
         snapshot = self.inputs.snapshot(now, self.max_input_age_s)
         if snapshot.problems:
             return self._fallback(snapshot.problems)
-        frame = snapshot.sequences[STATIC_CAMERA]
+        frame = snapshot.frame_key(STATIC_CAMERA)
         if self.require_new_frame and frame == self._last_frame:
             return Decision('wait')
         values = snapshot.values
@@ -181,7 +189,7 @@ class PolicyController:
             return self._fallback([f'policy step failed: {type(error).__name__}: {error}'])
         self._last_frame = frame
         self.gripper = action.gripper
-        return Decision('action', action, info, snapshot.stamps[STATIC_CAMERA])
+        return Decision('action', action, info, snapshot.stamps[STATIC_CAMERA] or None)
 
     def _fallback(self, problems: list[str]) -> Decision:
         if self.on_stale_input == 'silent':

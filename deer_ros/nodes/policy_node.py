@@ -42,6 +42,7 @@ from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, S
 from deer_ros.nodes.diagnostics import PolicyDiagnostics
 from deer_ros.nodes.image_conversion import image_msg_to_rgb
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
+from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
 from deer_ros.policy.exit_criterion import METRICS
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE, Action, ExitInfo
@@ -184,7 +185,7 @@ class PolicyNode(Node):
         if problem is not None:
             self.controller.inputs.reject(name, problem)
         else:
-            self.controller.inputs.put(name, image, now, msg.header.stamp)
+            self.controller.inputs.put(name, image, now, stamp_ns(msg.header.stamp))
 
     def _on_joint_states(self, msg: JointState) -> None:
         now = time.monotonic()
@@ -194,7 +195,7 @@ class PolicyNode(Node):
         if problem is not None:
             self.controller.inputs.reject(JOINT_STATES, problem)
         else:
-            self.controller.inputs.put(JOINT_STATES, positions, now, msg.header.stamp)
+            self.controller.inputs.put(JOINT_STATES, positions, now, stamp_ns(msg.header.stamp))
 
     def _on_instruction(self, msg: String) -> None:
         now = time.monotonic()
@@ -222,7 +223,7 @@ class PolicyNode(Node):
         if decision.action is None:
             return
         now = self.get_clock().now().to_msg()
-        header = Header(stamp=now if decision.stamp is None else decision.stamp, frame_id=self.frame_id)
+        header = Header(stamp=now if decision.stamp_ns is None else stamp_msg(decision.stamp_ns), frame_id=self.frame_id)
         with self._publish_lock:
             if self._stopped:
                 return

@@ -108,6 +108,7 @@ class PolicyRuntime:
                              'which the ROS inputs (JointState) do not carry; not supported by the runtime')
         self.cost_table: CostTable = cost_table_for(self.config)
         self.calibration = self._calibration_file(metric)
+        self.calibration_source = str(calibration_path(self.source)) if self.calibration else 'synthetic'
         if self.calibration is None:
             model = self._load(self.config.num_exits)
             warn(f'no calibration file for {self.source}: collecting consistency values on random images; '
@@ -216,7 +217,7 @@ class PolicyRuntime:
             'cost_kind': self.cost_kind,
             'exits allowed': f'{solution.cap + 1} of {self.cost_table.num_exits}',
             'thresholds': ', '.join(f'{t:.4g}' for t in solution.criterion.thresholds),
-            'calibration': str(self.calibration.metadata.get('source', 'file')),
+            'calibration': self.calibration_source,
         })
         if solution.average is not None:
             described['calibration avg GFLOPs'] = f'{solution.average.realised_cost:.4g}'

@@ -1,0 +1,192 @@
+"""The simulator side of the ROS loop, without ROS: action hand-over, lock-step policy adapter, GFLOPs tally.
+
+Why lock-step by default: a DeeR policy on a CPU takes tens to hundreds of
+milliseconds per step, slower than CALVIN's 30 Hz. Stepping the simulator at a
+fixed rate would fill the gaps with zero actions, so a chain's outcome would
+measure inference latency rather than the policy, and it would change with
+machine load. CALVIN's own evaluation is lock-step (the env waits for the
+policy), so results through ROS match ``deer-ros evaluate``. ``fixed_rate``
+stays available for real-time demos.
+
+Actions are matched to observations by stamp: the policy stamps each
+ArmAction with the stamp of the static frame it acted on, so an answer to an
+older frame is never applied to a newer state.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN
+from deer_ros.sim.interface import Obs
+
+StepMode = Literal['lockstep', 'fixed_rate']
+STEP_MODES: tuple[str, ...] = ('lockstep', 'fixed_rate')
+
+
+class PolicyTimeout(RuntimeError):
+    """The policy sent no usable action in time: a lock-step evaluation cannot go on."""
+
+
+@dataclass(frozen=True)
+class ReceivedAction:
+    """An ArmAction as the simulator sees it: ``delta`` finite and clamped, ``stamp_ns`` of the frame it answers."""
+
+    delta: np.ndarray
+    gripper: int
+    hold: bool
+    stamp_ns: int
+
+
+def received_action(delta: Any, gripper: int, hold: bool, stamp_ns: int) -> ReceivedAction:
+    """Normalise an incoming command; a non-finite delta becomes a hold so NaN never reaches the simulator."""
+    delta = np.asarray(delta, dtype=np.float64)
+    if hold or delta.shape != (6,) or not np.all(np.isfinite(delta)):
+        return ReceivedAction(np.zeros(6), 0, True, stamp_ns)
+    return ReceivedAction(np.clip(delta, -1.0, 1.0), int(gripper), False, stamp_ns)
+
+
+class GripperLatch:
+    """The gripper command in force: a hold, or a message without a valid command, keeps it."""
+
+    def __init__(self) -> None:
+        self.command = GRIPPER_OPEN
+
+    def env_action(self, action: ReceivedAction | None) -> np.ndarray:
+        """7-D CALVIN relative action; no action or a hold is a zero delta."""
+        if action is None or action.hold:
+            return np.array([0.0] * 6 + [float(self.command)])
+        if action.gripper in (GRIPPER_OPEN, GRIPPER_CLOSE):
+            self.command = action.gripper
+        return np.concatenate([action.delta, [float(self.command)]])
+
+
+class ActionMailbox:
+    """Newest action from the policy; written by the subscription, taken by the simulator thread."""
+
+    def __init__(self) -> None:
+        self._action: ReceivedAction | None = None
+        self._condition = threading.Condition()
+
+    def put(self, action: ReceivedAction) -> None:
+        with self._condition:
+            self._action = action
+            self._condition.notify_all()
+
+    def take(self, *, newer_than_ns: int | None = None, timeout: float) -> ReceivedAction | None:
+        """The newest action (stamped at or after ``newer_than_ns``), removed from the box; ``None`` on timeout."""
+        def ready() -> bool:
+            return self._action is not None and (newer_than_ns is None or self._action.stamp_ns >= newer_than_ns)
+
+        with self._condition:
+            if not self._condition.wait_for(ready, timeout):
+                return None
+            action, self._action = self._action, None
+            return action
+
+
+class StepStats:
+    """ExitStats by stamp, so a chain's GFLOPs cover exactly the policy steps the simulator executed."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._by_stamp: dict[int, tuple[float, float, int]] = {}
+        self._keep = keep
+        self._condition = threading.Condition()
+
+    def record(self, stamp_ns: int, llm_gflops: float, total_gflops: float, exit_index: int) -> None:
+        with self._condition:
+            self._by_stamp[stamp_ns] = (llm_gflops, total_gflops, exit_index)
+            while len(self._by_stamp) > self._keep:
+                del self._by_stamp[next(iter(self._by_stamp))]
+            self._condition.notify_all()
+
+    def collect(self, stamps: list[int], timeout: float = 1.0) -> np.ndarray:
+        """``(n, 3)`` rows (llm, total, exit) for ``stamps``; waits up to ``timeout`` s for late messages."""
+        with self._condition:
+            self._condition.wait_for(lambda: all(s in self._by_stamp for s in stamps), timeout)
+            rows = [self._by_stamp.pop(s) for s in stamps if s in self._by_stamp]
+        return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def gflops_summary(rows: np.ndarray) -> dict[str, float | int]:
+    """Average and peak GFLOPs per executed policy step, and the mean 1-based exit."""
+    if rows.size == 0:
+        return {'policy_steps': 0}
+    return {'policy_steps': int(rows.shape[0]),
+            'avg_llm_gflops': float(rows[:, 0].mean()), 'peak_llm_gflops': float(rows[:, 0].max()),
+            'avg_total_gflops': float(rows[:, 1].mean()), 'peak_total_gflops': float(rows[:, 1].max()),
+            'mean_exit': float(rows[:, 2].mean())}
+
+
+class Interrupted(Exception):
+    """The node asked the simulator thread to stop what it is doing (shutdown, or an evaluation request)."""
+
+
+@dataclass
+class RosPolicy:
+    """The evaluator's ``Policy`` protocol over ROS: publish the observation, wait for the policy's answer.
+
+    Args:
+        announce: publishes the (latched) instruction when it changed.
+        publish: publishes an observation; returns the static frame's stamp (ns).
+        republish: re-sends the last observation with its original stamp, so the
+            policy's inputs stay fresh while it thinks without looking like a new frame.
+        reset_policy: resets the remote policy (its reset service); called before
+            the first frame of each subtask, after the instruction went out.
+        interrupted: polled while waiting; true raises :class:`Interrupted`.
+        mode: ``lockstep`` waits for an answer to this frame (up to ``timeout``);
+            ``fixed_rate`` steps every ``period`` s with the newest action, or a hold.
+    """
+
+    announce: Callable[[str], None]
+    publish: Callable[[Obs], int]
+    republish: Callable[[], None]
+    reset_policy: Callable[[], None]
+    interrupted: Callable[[], bool]
+    mailbox: ActionMailbox
+    mode: StepMode = 'lockstep'
+    timeout: float = 30.0
+    period: float = 1.0 / 30.0
+    republish_period: float = 0.2
+    gripper: GripperLatch = field(default_factory=GripperLatch)
+    executed: list[int] = field(default_factory=list)  # stamps of the policy actions the simulator executed
+    _needs_reset: bool = False
+    _deadline: float = 0.0
+
+    def reset(self) -> None:
+        """New subtask: the remote policy is reset just before the subtask's first frame."""
+        self._needs_reset = True
+        self.gripper = GripperLatch()
+
+    def step(self, obs: Obs, instruction: str) -> np.ndarray:
+        self.announce(instruction)
+        if self._needs_reset:
+            self.reset_policy()
+            self._needs_reset = False
+        stamp = self.publish(obs)
+        action = self._lockstep(stamp) if self.mode == 'lockstep' else self._fixed_rate()
+        if action is not None and not action.hold:
+            self.executed.append(action.stamp_ns)
+        return self.gripper.env_action(action)
+
+    def _lockstep(self, stamp: int) -> ReceivedAction:
+        deadline = time.monotonic() + self.timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.interrupted():
+                raise Interrupted()
+            action = self.mailbox.take(newer_than_ns=stamp, timeout=min(self.republish_period, remaining))
+            if action is not None:
+                return action
+            self.republish()
+        raise PolicyTimeout(f'no action for the frame stamped {stamp} ns within {self.timeout:g} s')
+
+    def _fixed_rate(self) -> ReceivedAction | None:
+        if self.interrupted():
+            raise Interrupted()
+        self._deadline = max(self._deadline + self.period, time.monotonic())
+        time.sleep(max(0.0, self._deadline - time.monotonic()))
+        return self.mailbox.take(timeout=0.0)

@@ -1,0 +1,312 @@
+"""``calvin_bridge``: a CALVIN-style simulator behind ROS topics, and CALVIN chain evaluation through them.
+
+One thread owns the simulator (pybullet is not thread-safe) and runs either
+free play (apply each incoming action, publish the new observation) or an
+evaluation (``deer_ros.sim.evaluation.run_chain`` with the ROS round trip as
+its policy). ROS callbacks only hand actions and exit stats to that thread.
+Lock-step vs fixed rate: see :mod:`deer_ros.nodes.bridge`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.task import Future
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from rcl_interfaces.msg import SetParametersResult
+from scipy.spatial.transform import Rotation
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
+
+from deer_ros.msg import ArmAction, ExitStats
+from deer_ros.nodes.bridge import (STEP_MODES, ActionMailbox, Interrupted, PolicyTimeout, RosPolicy, StepStats,
+                                   gflops_summary, received_action)
+from deer_ros.nodes.image_conversion import rgb_to_image_msg
+from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
+from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
+from deer_ros.sim.evaluate_cli import build_sim_factory
+from deer_ros.sim.evaluation import EP_LEN, EvaluationReport, Simulator, run_chain
+from deer_ros.sim.interface import Obs
+from deer_ros.sim.layout import SCENES
+from deer_ros.sim.sequences import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
+
+NODE_NAME = 'calvin_bridge'
+ARM_JOINTS = tuple(f'panda_joint{i}' for i in range(1, 8))
+FINGER_JOINTS = ('panda_finger_joint1', 'panda_finger_joint2')
+
+PARAMETERS = (
+    ParamSpec('backend', 'embedded', 'Simulator: embedded (deer_ros.sim, pybullet on CPU) or calvin (the real '
+              'calvin_env, installed separately).', read_only=True, choices=('embedded', 'calvin')),
+    ParamSpec('scene', 'D', 'Scene variant (A-D) of the embedded simulator and of chain start states.',
+              read_only=True, choices=tuple(sorted(SCENES))),
+    ParamSpec('calvin_dataset', '', 'calvin backend: CALVIN split root holding validation/.hydra/merged_config.yaml.',
+              read_only=True),
+    ParamSpec('use_egl', False, 'calvin backend: render with EGL (GPU) instead of on the CPU.', read_only=True),
+    ParamSpec('step_mode', 'lockstep', 'lockstep: step the simulator once per policy action (CALVIN protocol, '
+              'independent of inference speed); fixed_rate: step at 30 Hz with the newest action or a hold.',
+              read_only=True, choices=STEP_MODES),
+    ParamSpec('action_timeout_s', 30.0, 'Lock-step evaluation: abort when the policy answers no frame for this '
+              'long.', limits=(0.1, 3600.0)),
+    ParamSpec('republish_period_s', 0.2, 'Lock-step: re-send the current frame (same stamp) this often while '
+              'waiting, so the policy does not see its inputs go stale.', read_only=True, limits=(0.01, 10.0)),
+    ParamSpec('instruction', '', 'Instruction published (latched) during free play; evaluation publishes each '
+              "subtask's own."),
+    ParamSpec('evaluate_on_start', False, 'Start an evaluation run as soon as the simulator is up.',
+              read_only=True),
+    ParamSpec('num_chains', 10, 'Chains per evaluation run (CALVIN reports 1000, DeeR 224).',
+              limits=(1, DEFAULT_NUM_CHAINS)),
+    ParamSpec('chain_offset', 0, 'First chain of the fixed list (keep tuning and reporting slices disjoint).',
+              limits=(0, DEFAULT_NUM_CHAINS - 1)),
+    ParamSpec('chain_seed', DEFAULT_SEED, 'Seed of the fixed chain list.', limits=(0, 2 ** 31 - 1)),
+    ParamSpec('max_steps', EP_LEN, 'Step budget per subtask (CALVIN: 360 = 12 s at 30 Hz).', limits=(1, 100000)),
+    ParamSpec('shutdown_after_evaluation', False, 'Exit once an evaluation run finished (for benchmark launches).',
+              read_only=True),
+    ParamSpec('frame_id', 'world', 'frame_id of the TCP pose.'),
+)
+
+
+def joint_state_msg(robot_obs: np.ndarray, header: Header) -> JointState:
+    """CALVIN robot_obs -> JointState: 7 arm joints, and each finger at half the gripper opening width."""
+    half_width = float(robot_obs[6]) / 2.0
+    return JointState(header=header, name=[*ARM_JOINTS, *FINGER_JOINTS],
+                      position=[float(q) for q in robot_obs[7:14]] + [half_width, half_width])
+
+
+def tcp_pose_msg(robot_obs: np.ndarray, header: Header) -> PoseStamped:
+    """CALVIN robot_obs tcp position + Euler xyz -> PoseStamped."""
+    pose = PoseStamped(header=header)
+    pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in robot_obs[:3])
+    x, y, z, w = Rotation.from_euler('xyz', robot_obs[3:6]).as_quat()
+    pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z, pose.pose.orientation.w = (
+        float(x), float(y), float(z), float(w))
+    return pose
+
+
+class CalvinBridgeNode(Node):
+    """Publishes cameras, joint states, TCP pose and instruction; applies ArmActions; runs evaluations."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.values = declare(self, PARAMETERS)
+        self.sim_factory, self.tasks = build_sim_factory(argparse.Namespace(
+            backend=self.values['backend'], scene=self.values['scene'], use_egl=self.values['use_egl'],
+            calvin_dataset=Path(self.values['calvin_dataset']) if self.values['calvin_dataset'] else None,
+            no_cameras=False))
+        self.mailbox = ActionMailbox()
+        self.step_stats = StepStats()
+        self._stop = threading.Event()
+        self._evaluate = threading.Event()
+        self._instruction: str | None = None
+        self._last_frame: tuple[Obs, Header] | None = None
+        self.evaluating = False
+        self.done = Future()  # completes when the simulator thread ends
+
+        group = ReentrantCallbackGroup()
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.static_pub = self.create_publisher(Image, 'camera/static/image_raw', 5)
+        self.gripper_pub = self.create_publisher(Image, 'camera/gripper/image_raw', 5)
+        self.joint_pub = self.create_publisher(JointState, 'joint_states', 5)
+        self.tcp_pub = self.create_publisher(PoseStamped, 'tcp_pose', 5)
+        self.instruction_pub = self.create_publisher(String, 'instruction', latched)
+        self.chain_pub = self.create_publisher(String, 'evaluation/chain_result', 100)
+        self.summary_pub = self.create_publisher(String, 'evaluation/summary', latched)
+        self.create_subscription(ArmAction, 'arm_action', self._on_action, 10, callback_group=group)
+        self.create_subscription(ExitStats, 'exit_stats', self._on_exit_stats, 100, callback_group=group)
+        self.create_service(Trigger, '~/start_evaluation', self._on_start_evaluation, callback_group=group)
+        self.reset_client = self.create_client(Trigger, 'deer_policy/reset', callback_group=group)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+
+        if self.values['evaluate_on_start']:
+            self._evaluate.set()
+        self._thread = threading.Thread(target=self._run, name='simulator', daemon=True)
+        self._thread.start()
+
+    # ---- ROS callbacks: hand over only
+    def _on_action(self, msg: ArmAction) -> None:
+        self.mailbox.put(received_action(msg.delta, msg.gripper, msg.hold, stamp_ns(msg.header.stamp)))
+
+    def _on_exit_stats(self, msg: ExitStats) -> None:
+        self.step_stats.record(stamp_ns(msg.header.stamp), msg.llm_gflops, msg.total_gflops, msg.exit_index)
+
+    def _on_start_evaluation(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.evaluating or self._evaluate.is_set():
+            response.success, response.message = False, 'an evaluation is already running'
+        else:
+            self._evaluate.set()
+            response.success = True
+            response.message = (f'evaluating {self.get_parameter("num_chains").value} chains from offset '
+                                f'{self.get_parameter("chain_offset").value}')
+        return response
+
+    def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        problem = check_choices(PARAMETERS, parameters)
+        return SetParametersResult(successful=problem is None, reason=problem or '')
+
+    # ---- publishing (simulator thread)
+    def _announce(self, instruction: str) -> None:
+        if instruction != self._instruction:
+            self.instruction_pub.publish(String(data=instruction))
+            self._instruction = instruction
+
+    def _publish(self, obs: Obs) -> int:
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self._last_frame = (obs, header)
+        self._send(obs, header)
+        return stamp_ns(header.stamp)
+
+    def _republish(self) -> None:
+        if self._last_frame is not None:
+            self._send(*self._last_frame)
+
+    def _send(self, obs: Obs, header: Header) -> None:
+        images = obs['rgb_obs']
+        self.static_pub.publish(rgb_to_image_msg(images['rgb_static'], Header(stamp=header.stamp,
+                                                                              frame_id='static_camera')))
+        self.gripper_pub.publish(rgb_to_image_msg(images['rgb_gripper'], Header(stamp=header.stamp,
+                                                                                frame_id='gripper_camera')))
+        robot_obs = np.asarray(obs['robot_obs'], dtype=np.float64)
+        self.joint_pub.publish(joint_state_msg(robot_obs, header))
+        self.tcp_pub.publish(tcp_pose_msg(robot_obs, Header(stamp=header.stamp,
+                                                            frame_id=self.get_parameter('frame_id').value)))
+
+    def _reset_policy(self) -> None:
+        """Call the policy's reset service; a missing service (another policy) is worth a warning, not a stop."""
+        if not self.reset_client.service_is_ready():
+            self.get_logger().warning(f'{self.reset_client.srv_name} not available: policy not reset',
+                                      throttle_duration_sec=10.0)
+            return
+        done = threading.Event()
+        future = self.reset_client.call_async(Trigger.Request())
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(5.0):
+            self.get_logger().warning('policy reset service did not answer within 5 s')
+
+    # ---- simulator thread
+    def _policy(self, interrupted: Any) -> RosPolicy:
+        return RosPolicy(self._announce, self._publish, self._republish, self._reset_policy, interrupted,
+                         self.mailbox, mode=self.values['step_mode'],
+                         timeout=self.get_parameter('action_timeout_s').value,
+                         republish_period=self.values['republish_period_s'])
+
+    def _run(self) -> None:
+        try:
+            sim = self.sim_factory()
+        except Exception as error:  # noqa: BLE001 - report why the simulator is missing, then stop the node
+            self.get_logger().fatal(f'cannot build the {self.values["backend"]} simulator: {error}')
+            self._stop.set()
+            self.done.set_result(False)
+            return
+        try:
+            obs = sim.env.reset()
+            self.get_logger().info(f'{self.values["backend"]} simulator ready ({self.values["step_mode"]})')
+            while not self._stop.is_set():
+                if self._evaluate.is_set():
+                    self._run_evaluation(sim)
+                    obs = sim.env.get_obs()
+                    if self.values['shutdown_after_evaluation']:
+                        break
+                try:
+                    obs = self._free_play(sim, obs)
+                except Interrupted:
+                    continue
+        except Interrupted:
+            pass
+        finally:
+            sim.env.close()
+            self._stop.set()
+            self.done.set_result(True)
+
+    def _free_play(self, sim: Simulator, obs: Obs) -> Obs:
+        """Apply actions forever (until interrupted), in the configured step mode."""
+        policy = self._policy(lambda: self._stop.is_set() or self._evaluate.is_set())
+        policy.timeout = float('inf')
+        while True:
+            action = policy.step(obs, self.get_parameter('instruction').value)
+            obs, *_ = sim.env.step(action)
+
+    def _run_evaluation(self, sim: Simulator) -> None:
+        self.evaluating = True
+        self._evaluate.clear()
+        num, offset, seed, max_steps = (self.get_parameter(name).value
+                                        for name in ('num_chains', 'chain_offset', 'chain_seed', 'max_steps'))
+        error = None
+        results, rows = [], []
+        try:
+            [chains] = disjoint_subsets(generate_chains(self.tasks, DEFAULT_NUM_CHAINS, seed), [num], offset)
+            policy = self._policy(self._stop.is_set)
+            # A policy launched together with the bridge may still be loading its model.
+            if not self.reset_client.wait_for_service(timeout_sec=policy.timeout):
+                self.get_logger().warning(f'{self.reset_client.srv_name} not up after {policy.timeout:g} s: '
+                                          'evaluating without policy resets')
+            self.get_logger().info(f'evaluating {len(chains)} chains from offset {offset}')
+            for index, chain in enumerate(chains, start=offset):
+                policy.executed.clear()
+                result = run_chain(sim, policy, chain, index, max_steps)
+                chain_rows = self.step_stats.collect(list(policy.executed))
+                results.append(result)
+                rows.append(chain_rows)
+                self.chain_pub.publish(String(data=json.dumps({**result.to_json(),
+                                                               'gflops': gflops_summary(chain_rows)})))
+                self.get_logger().info(f'chain {index}: {result.successes}/5 subtasks')
+        except (PolicyTimeout, ValueError) as failure:
+            error = str(failure)
+            self.get_logger().error(f'evaluation aborted: {error}')
+        finally:
+            self.evaluating = False
+        report = EvaluationReport(results)
+        summary = {key: value for key, value in report.to_json().items() if key != 'chains'}
+        summary['gflops'] = gflops_summary(np.concatenate(rows) if rows else np.zeros((0, 3)))
+        summary['settings'] = {'backend': self.values['backend'], 'scene': self.values['scene'],
+                               'step_mode': self.values['step_mode'], 'chain_offset': offset, 'chain_seed': seed,
+                               'max_steps': max_steps}
+        if error is not None:
+            summary['error'] = error
+        self.summary_pub.publish(String(data=json.dumps(summary)))
+        self.get_logger().info('evaluation finished\n' + report.format_table()
+                               + f'\n  gflops: {summary["gflops"]}')
+        self._announce(self.get_parameter('instruction').value)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10.0)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        node = CalvinBridgeNode()
+    except (ValueError, OSError, ImportError) as error:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
+        rclpy.try_shutdown()
+        sys.exit(1)
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin_until_future_complete(node.done)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.stop()
+        executor.shutdown(timeout_sec=5.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

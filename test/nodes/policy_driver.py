@@ -1,0 +1,94 @@
+"""An in-process stand-in for the robot and the operator of a policy node, shared by the node tests."""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header, String
+
+from deer_ros.msg import ArmAction, ExitStats
+from deer_ros.nodes.image_conversion import rgb_to_image_msg
+from deer_ros.nodes.ros_time import stamp_ns
+from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
+from ros_helpers import wait_for
+
+# Small and slow enough for 2 shared cores: one torch thread, 20 Hz ticks.
+FAST_POLICY = {'control_rate_hz': 20.0, 'num_threads': 1, 'max_input_age_s': 2.0}
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def random_frame(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+class PolicyDriver(Node):
+    """Plays the robot and the operator for a policy node: sends inputs, records everything it publishes."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__('policy_driver', context=context)
+        self.rng = np.random.default_rng(0)
+        self.static_pub = self.create_publisher(Image, 'camera/static/image_raw', 10)
+        self.gripper_pub = self.create_publisher(Image, 'camera/gripper/image_raw', 10)
+        self.joint_pub = self.create_publisher(JointState, 'joint_states', 10)
+        self.instruction_pub = self.create_publisher(String, 'instruction', LATCHED)
+        self.lock = threading.Lock()
+        self.actions: list[ArmAction] = []
+        self.stats: list[ExitStats] = []
+        self.diagnostics: list[DiagnosticStatus] = []
+        self.outputs = [
+            self.create_subscription(ArmAction, 'arm_action', self._record(self.actions), 100),
+            self.create_subscription(ExitStats, 'exit_stats', self._record(self.stats), 100)]
+        self.create_subscription(DiagnosticArray, '/diagnostics',
+                                 lambda msg: self._record(self.diagnostics)(*msg.status), 100)
+
+    def _record(self, into: list) -> Callable[..., None]:
+        def record(*messages: Any) -> None:
+            with self.lock:
+                into.extend(messages)
+        return record
+
+    def wait_connected(self, timeout: float = 20.0) -> bool:
+        """Until the policy matched our publishers and we matched its outputs: a reliable message sent
+        before matching is lost (volatile durability), which would look like a missing action."""
+        publishers = (self.static_pub, self.gripper_pub, self.joint_pub)
+        return wait_for(lambda: all(p.get_subscription_count() > 0 for p in publishers)
+                        and all(s.get_publisher_count() > 0 for s in self.outputs), timeout)
+
+    def instruct(self, text: str) -> None:
+        self.instruction_pub.publish(String(data=text))
+
+    def send(self, *, static: Image | None = None, gripper: Image | None = None,
+             joints: list[float] | None = None) -> int:
+        """One message of every input; returns the static frame's stamp (ns). Defaults are valid random frames,
+        stamped now."""
+        header = static.header if static is not None else Header(stamp=self.get_clock().now().to_msg())
+        self.static_pub.publish(static or rgb_to_image_msg(random_frame(self.rng, STATIC_CAMERA_SHAPE), header))
+        self.gripper_pub.publish(gripper or rgb_to_image_msg(random_frame(self.rng, GRIPPER_CAMERA_SHAPE), header))
+        self.joint_pub.publish(JointState(header=header, name=[f'j{i}' for i in range(7)],
+                                          position=joints if joints is not None else [0.1] * 7))
+        return stamp_ns(header.stamp)
+
+    def stats_for(self, stamp: int, timeout: float = 20.0) -> ExitStats | None:
+        """The ExitStats answering the frame stamped ``stamp``; ``None`` if none came in time."""
+        def find() -> ExitStats | None:
+            with self.lock:
+                return next((s for s in self.stats if stamp_ns(s.header.stamp) == stamp), None)
+        wait_for(lambda: find() is not None, timeout)
+        return find()
+
+    def action_for(self, stamp: int, timeout: float = 20.0) -> ArmAction | None:
+        def find() -> ArmAction | None:
+            with self.lock:
+                return next((a for a in self.actions if stamp_ns(a.header.stamp) == stamp), None)
+        wait_for(lambda: find() is not None, timeout)
+        return find()
+
+    def count(self) -> tuple[int, int]:
+        """(actions, diagnostics) recorded so far: marks to look only at what comes after."""
+        with self.lock:
+            return len(self.actions), len(self.diagnostics)

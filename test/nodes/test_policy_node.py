@@ -1,0 +1,185 @@
+"""The deer_policy node as a process over real DDS: live budgets, safety holds, diagnostics, resets."""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from policy_driver import FAST_POLICY, PolicyDriver, random_frame
+from deer_ros.nodes.image_conversion import rgb_to_image_msg
+from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
+from ros_helpers import BackgroundSpinner, wait_for
+
+POLICY = 'deer_ros.nodes.policy_node'
+STARTUP_S = 120.0  # torch + transformers imports on 2 shared cores
+
+
+def _set(client: AsyncParameterClient, **values: float):
+    """Set parameters through the node's parameter service; returns the SetParametersResult of each."""
+    future = client.set_parameters([Parameter(name.replace('__', '.'), value=value) for name, value in values.items()])
+    assert wait_for(future.done, 15.0)
+    return future.result().results
+
+
+def _mean_exit(driver: PolicyDriver, frames: int = 6) -> tuple[float, set[int]]:
+    """Mean 1-based exit over ``frames`` fresh frames, and the num_exits they report."""
+    stats = [driver.stats_for(driver.send()) for _ in range(frames)]
+    assert all(s is not None for s in stats), 'a frame got no ExitStats'
+    return float(np.mean([s.exit_index for s in stats])), {s.num_exits for s in stats}
+
+
+def test_budget_changes_through_parameter_services(start_node, driver):
+    """ros2 param set equivalents: infeasible values rejected with the range, the average exit follows
+    the average budget, and a peak cap drops exits live and raising it restores them."""
+    node = start_node(POLICY, params={**FAST_POLICY, 'model_config': 'tiny'})
+    assert node.wait_for_log('ready in', STARTUP_S), node.log
+    assert 'no calibration file for tiny' in node.log  # synthetic calibration path
+    client = AsyncParameterClient(driver, 'deer_policy')
+    with BackgroundSpinner(driver, context=driver.context):
+        assert client.wait_for_services(15.0)
+        [rejected] = _set(client, budget__avg_gflops=1e-6)
+        assert not rejected.successful
+        match = re.search(r'feasible range is \[([-+\d.e]+), ([-+\d.e]+)\]', rejected.reason)
+        assert match, rejected.reason
+        low, high = float(match[1]) * 1.01, float(match[2]) * 0.99  # inside the range despite printed rounding
+        assert 0 < low < high
+
+        assert driver.wait_connected()
+        driver.instruct('open the drawer')
+        assert node.wait_for_log("new instruction 'open the drawer'")
+        assert _set(client, budget__avg_gflops=low)[0].successful
+        low_exit, _ = _mean_exit(driver)
+        assert _set(client, budget__avg_gflops=high)[0].successful
+        high_exit, exits = _mean_exit(driver)
+        assert low_exit < high_exit and exits == {6}
+
+        # Exit k costs (k + 1) * c for tiny: 1.25 * low fits exits 1 and 2 only (1-based).
+        assert all(result.successful for result in _set(client, budget__avg_gflops=0.0,
+                                                         budget__peak_gflops=1.25 * low))
+        assert _mean_exit(driver, 3) == (2.0, {2})  # no average budget: every step at the capped model's last exit
+        [too_low] = _set(client, budget__peak_gflops=1e-6)
+        assert not too_low.successful and 'feasible peak llm GFLOPs limits are >=' in too_low.reason
+        assert _set(client, budget__peak_gflops=0.0)[0].successful
+        assert _mean_exit(driver, 3) == (6.0, {6})  # raising the cap reloaded the dropped layers
+    assert node.running()
+
+
+def _diagnostics_error(driver: PolicyDriver, since: int, text: str) -> bool:
+    def found() -> bool:
+        with driver.lock:
+            return any(s.level == DiagnosticStatus.ERROR and text in s.message for s in driver.diagnostics[since:])
+    return wait_for(found, 10.0)
+
+
+def _holds_since(driver: PolicyDriver, since: int) -> bool:
+    def found() -> bool:
+        with driver.lock:
+            return any(a.hold for a in driver.actions[since:])
+    return wait_for(found, 10.0)
+
+
+def _bad_image(shape: tuple[int, int, int], encoding: str, stamp_from: PolicyDriver) -> Image:
+    header = Header(stamp=stamp_from.get_clock().now().to_msg())
+    height, width, _ = shape
+    bytes_per_pixel = {'16UC1': 2, 'rgb8': 3}[encoding]
+    return Image(header=header, height=height, width=width, encoding=encoding, step=width * bytes_per_pixel,
+                 data=bytes(height * width * bytes_per_pixel))
+
+
+def test_bad_input_holds_with_reason_and_keeps_running(start_node, driver, tiny_checkpoint):
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint), 'max_input_age_s': 0.5})
+    assert node.wait_for_log('ready in', STARTUP_S), node.log
+    assert 'no calibration file for' not in node.log
+    cases = [  # (inputs to send, text expected in the log and the diagnostics)
+        (lambda: driver.send(static=_bad_image(STATIC_CAMERA_SHAPE, '16UC1', driver)),
+         "static camera: unsupported image encoding '16UC1'"),
+        (lambda: driver.send(gripper=_bad_image((96, 96, 3), 'rgb8', driver)),
+         'gripper camera: expected 84x84 RGB image, got 96x96'),
+        (lambda: driver.send(joints=[0.0, math.nan, 0.0, 0.0, 0.0, 0.0, 0.0]),
+         'joint states: non-finite joint positions'),
+        (lambda: None, 'static camera: stale'),  # nothing sent for longer than max_input_age_s
+    ]
+    with BackgroundSpinner(driver, context=driver.context):
+        assert driver.wait_connected()
+        actions, diagnostics = driver.count()
+        driver.send()
+        assert _holds_since(driver, actions), node.log
+        assert _diagnostics_error(driver, diagnostics, 'instruction: none received yet')
+        assert node.wait_for_log('instruction: none received yet')
+        driver.instruct('open the drawer')
+        assert node.wait_for_log("new instruction 'open the drawer'")
+        for send_bad, reason in cases:
+            stamp = driver.send()
+            assert driver.stats_for(stamp) is not None, f'no action before case {reason!r}\n{node.log}'
+            actions, diagnostics = driver.count()
+            send_bad()
+            assert _holds_since(driver, actions), reason
+            assert _diagnostics_error(driver, diagnostics, reason), reason
+            assert node.wait_for_log(reason), node.log
+        recovered = driver.send()
+        assert driver.stats_for(recovered) is not None and node.running()
+        assert not driver.action_for(recovered).hold
+        assert node.stop() == 0, node.log
+        assert wait_for(lambda: driver.actions[-1].hold, 5.0), 'the node must leave the arm with a hold'
+    with driver.lock:
+        sent = list(driver.actions)
+    assert all(np.all(np.isfinite(a.delta)) and np.all(np.abs(a.delta) <= 1.0) for a in sent)
+    assert all(not np.any(a.delta) for a in sent if a.hold)
+
+
+def test_silent_mode_publishes_nothing_on_bad_input(start_node, driver, tiny_checkpoint):
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint), 'on_stale_input': 'silent'})
+    assert node.wait_for_log('ready in', STARTUP_S), node.log
+    with BackgroundSpinner(driver, context=driver.context):
+        client = AsyncParameterClient(driver, 'deer_policy')
+        assert client.wait_for_services(15.0)
+        [bogus] = _set(client, on_stale_input='bogus')
+        assert not bogus.successful and 'on_stale_input must be one of hold, silent' in bogus.reason
+        _, diagnostics = driver.count()
+        driver.send()  # no instruction yet
+        assert _diagnostics_error(driver, diagnostics, 'silent: instruction: none received yet')
+        assert driver.count()[0] == 0
+
+
+def _identical_frame(driver: PolicyDriver) -> int:
+    rng = np.random.default_rng(7)
+    header = Header(stamp=driver.get_clock().now().to_msg())
+    return driver.send(static=rgb_to_image_msg(random_frame(rng, STATIC_CAMERA_SHAPE), header),
+                       gripper=rgb_to_image_msg(random_frame(rng, GRIPPER_CAMERA_SHAPE), header))
+
+
+def test_reset_service_and_new_instruction_restart_the_policy_state(start_node, driver, tiny_checkpoint):
+    """The same frame gives the same first action after a reset, and a different one mid-episode."""
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint)})
+    assert node.wait_for_log('ready in', STARTUP_S), node.log
+    reset = driver.create_client(Trigger, 'deer_policy/reset')
+
+    def act() -> np.ndarray:
+        action = driver.action_for(_identical_frame(driver))
+        assert action is not None and not action.hold, node.log
+        return np.array(action.delta)
+
+    with BackgroundSpinner(driver, context=driver.context):
+        assert driver.wait_connected()
+        driver.instruct('open the drawer')
+        assert node.wait_for_log("new instruction 'open the drawer'")
+        first, second = act(), act()
+        assert not np.allclose(first, second)  # the LSTM state carries over between steps
+        assert reset.wait_for_service(15.0)
+        future = reset.call_async(Trigger.Request())
+        assert wait_for(future.done, 15.0) and future.result().success
+        np.testing.assert_allclose(act(), first, atol=1e-6)
+
+        driver.instruct('close the drawer')  # a new instruction resets too
+        assert node.wait_for_log("new instruction 'close the drawer'")
+        after_instruction, _ = act(), act()
+        future = reset.call_async(Trigger.Request())
+        assert wait_for(future.done, 15.0) and future.result().success
+        np.testing.assert_allclose(act(), after_instruction, atol=1e-6)
