@@ -146,16 +146,17 @@ def collect(output: Path, num_demos: int, scenes: Sequence[str], seed: int = 0, 
     collector = Collector(scenes, np.random.default_rng(seed), max_steps)
     summary = collector.summary
     bar = tqdm(total=num_demos, desc='demos', unit='demo', disable=not progress)
+    rollouts = 0
     try:
         with CalvinDatasetWriter(output) as writer:
             while sum(summary.demos.values()) < num_demos:
-                recorded = sum(summary.demos.values())
-                recording, annotations = collector.rollout(min(chain_length, num_demos - recorded))
+                recording, annotations = collector.rollout(min(chain_length, num_demos - sum(summary.demos.values())))
                 if not annotations:
                     continue
-                # Keep validation at the requested share of demos, deterministically.
-                split = ('validation' if summary.demos['validation'] < validation_fraction * (recorded + len(annotations))
+                # Every (1/fraction)-th kept rollout goes to validation: deterministic and proportional.
+                split = ('validation' if int((rollouts + 1) * validation_fraction) > int(rollouts * validation_fraction)
                          else 'training')
+                rollouts += 1
                 writer.add_episode(split, recording.stacked(), annotations)
                 summary.demos[split] += len(annotations)
                 summary.frames[split] += len(recording)
