@@ -1,7 +1,8 @@
 """A scripted expert that solves every supported task, usable wherever a policy is expected.
 
-It plans waypoints once per task from the first observation (:mod:`deer_ros.sim.plans`) and
-follows them with relative actions. It integrates its own actions into a copy of the env's target
+It first lifts the hand straight up, gripper unchanged (inside a CALVIN chain a task starts wherever
+the last one was judged done, often with the fingers still touching something), then plans
+waypoints from the observation at that height (:mod:`deer_ros.sim.plans`) and follows them. It integrates its own actions into a copy of the env's target
 pose (initialised from the observed tcp), because the env accumulates deltas on a target rather
 than on the measured pose: servoing on the measured pose would keep adding the tracking lag.
 """
@@ -11,7 +12,7 @@ import numpy as np
 
 from deer_ros.sim.interface import ORN_SCALE, POS_SCALE
 from deer_ros.sim.layout import SceneConfig
-from deer_ros.sim.plans import PLANNERS, View, Waypoint, plan
+from deer_ros.sim.plans import PLANNERS, SAFE_Z, View, Waypoint, plan, rise
 
 TOLERANCE = 0.008  # metres between tcp and waypoint before moving on
 MAX_WAIT = 12  # steps to wait for a tcp that cannot get closer (pressing, end stops)
@@ -27,7 +28,8 @@ class ScriptedExpert:
     def __init__(self, env: object) -> None:
         self._config: SceneConfig = env.config
         self._task: str | None = None
-        self._plan: list[Waypoint] | None = None  # None: not planned yet for this task
+        self._stage = 'start'  # 'start' -> 'rise' -> 'task'
+        self._plan: list[Waypoint] = []
         self._target = np.zeros(6)
         self._waited = 0
         self._settled = 0
@@ -36,22 +38,22 @@ class ScriptedExpert:
         if task not in PLANNERS:
             raise ValueError(f'no expert for task {task!r}')
         self._task = task
-        self._plan = None
+        self._stage = 'start'
+        self._plan = []
         self._waited = self._settled = 0
 
     @property
     def done(self) -> bool:
         """True once every waypoint has been reached (the expert then holds still)."""
-        return self._plan == []
+        return self._stage == 'task' and not self._plan
 
     def act(self, obs: dict) -> np.ndarray:
         """Next 7-D relative action in [-1, 1] (gripper +1 open / -1 close)."""
         if self._task is None:
             raise RuntimeError('call reset(task) before act()')
         robot_obs = np.asarray(obs['robot_obs'], dtype=np.float64)
-        if self._plan is None:
-            self._plan = plan(self._task, View(self._config, robot_obs, np.asarray(obs['scene_obs'])))
-            self._target = robot_obs[:6].copy()
+        if not self._plan and self._stage != 'task':
+            self._plan = self._next_plan(View(self._config, robot_obs, np.asarray(obs['scene_obs'])))
         if not self._plan:
             return np.array([0, 0, 0, 0, 0, 0, robot_obs[14]], dtype=np.float64)
         waypoint = self._plan[0]
@@ -59,6 +61,15 @@ class ScriptedExpert:
         if arrived:
             self._advance(waypoint, robot_obs[:3])
         return np.concatenate([step[:3] / POS_SCALE, step[3:] / ORN_SCALE, [waypoint.gripper]])
+
+    def _next_plan(self, view: View) -> list[Waypoint]:
+        if self._stage == 'start':
+            self._target = np.concatenate([view.tcp, view.euler])
+            self._stage = 'rise'
+            if view.tcp[2] < SAFE_Z - TOLERANCE:
+                return [rise(view)]
+        self._stage = 'task'
+        return plan(self._task, view)
 
     def _step_towards(self, waypoint: Waypoint) -> tuple[np.ndarray, bool]:
         """Move the integrated target straight towards the waypoint within the step limits; True once there."""

@@ -62,6 +62,7 @@ class View:
 
     def __init__(self, config: SceneConfig, robot_obs: np.ndarray, scene_obs: np.ndarray) -> None:
         self.tcp = np.asarray(robot_obs[:3], dtype=np.float64)
+        self.euler = np.asarray(robot_obs[3:6], dtype=np.float64)
         self.yaw = float(robot_obs[5])
         self.gripper = OPEN if robot_obs[14] > 0 else CLOSE
         self.slide, self.drawer, _, self.switch = (float(v) for v in scene_obs[:4])
@@ -82,6 +83,9 @@ class View:
             if np.linalg.norm(offset[:2]) < 0.03 and abs(offset[2]) < 0.03:
                 return block
         return None
+
+    def in_cabinet(self, block: Block) -> bool:
+        return L.CABINET_Y[0] < block.position[1] < L.CABINET_Y[1]
 
     def on_table(self, block: Block) -> bool:
         return (abs(block.position[2] - (L.TABLE_TOP + L.BLOCK_HEIGHT / 2)) < 0.01
@@ -118,9 +122,9 @@ def _at(point: np.ndarray, z: float | None = None) -> np.ndarray:
     return position
 
 
-def _rise(view: View, gripper: int) -> list[Waypoint]:
-    """Leave whatever the tcp is near by going straight up to travel height."""
-    return [Waypoint(_at(view.tcp, max(view.tcp[2], SAFE_Z)), view.yaw, gripper)]
+def rise(view: View) -> Waypoint:
+    """Straight up to travel height, gripper unchanged: leaves whatever the last task left the hand at."""
+    return Waypoint(_at(view.tcp, max(view.tcp[2], SAFE_Z)), view.yaw, view.gripper)
 
 
 def _pick(view: View, block: Block, yaw: float) -> list[Waypoint]:
@@ -171,7 +175,7 @@ def _plan_rotate(colour: str, sign: int) -> Callable[[View], list[Waypoint]]:
         yaw = grasp_yaw(block, NEUTRAL_YAW - turn / 2)
         grasp = _at(block.position, block.position[2] - GRASP_BELOW_CENTRE)
         lifted = _at(grasp, grasp[2] + 0.03)
-        return (_rise(view, OPEN) + _pick(view, block, yaw)
+        return (_pick(view, block, yaw)
                 + [Waypoint(lifted, yaw, CLOSE, FINE), Waypoint(lifted, yaw + turn, CLOSE),
                    Waypoint(_at(grasp, grasp[2] + 0.004), yaw + turn, CLOSE, FINE),
                    Waypoint(_at(grasp, grasp[2] + 0.004), yaw + turn, OPEN, FINE, settle=6),
@@ -185,7 +189,7 @@ def _plan_push(colour: str, sign: int) -> Callable[[View], list[Waypoint]]:
         start = _at(block.position, _table_push_height())
         start[0] -= sign * (block.half_extent(0) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE)
         end = start + np.array([sign * 0.17, 0.0, 0.0])
-        return _rise(view, CLOSE) + _push_along(start, end, view.yaw)
+        return _push_along(start, end, view.yaw)
     return plan
 
 
@@ -193,18 +197,36 @@ def _plan_lift(colour: str) -> Callable[[View], list[Waypoint]]:
     def plan(view: View) -> list[Waypoint]:
         block = view.block(colour)
         yaw = grasp_yaw(block, view.yaw)
-        return _rise(view, OPEN) + _pick(view, block, yaw) + [Waypoint(_at(block.position, SAFE_Z), yaw, CLOSE)]
+        door = _uncover(view, block) if view.in_cabinet(block) else []
+        return door + _pick(view, block, yaw) + [Waypoint(_at(block.position, SAFE_Z), yaw, CLOSE)]
     return plan
+
+
+def _door_span(slide: float) -> tuple[float, float]:
+    """x range the sliding door covers at slide joint value ``slide``."""
+    centre = L.SLIDE_X0 - slide
+    return centre - L.SLIDE_SIZE[0] / 2, centre + L.SLIDE_SIZE[0] / 2
+
+
+def _move_door(view: View, goal: float) -> list[Waypoint]:
+    """Grasp the door knob and slide the door to ``goal``, 2 cm into the end stop."""
+    handle = L.slide_handle(view.slide)
+    handle[2] = L.CABINET_WALL_TOP + 0.02  # fingertips just above the door panel
+    shift = np.array([-(goal - view.slide) - np.sign(goal - view.slide) * 0.02, 0.0, 0.0])
+    return _grasp_and_move(handle, shift, _nearest(view.yaw, [np.pi / 2, -np.pi / 2]))
+
+
+def _uncover(view: View, block: Block) -> list[Waypoint]:
+    """Slide the door all the way off a cabinet block the open fingers could not reach past it."""
+    left, right = _door_span(view.slide)
+    reach = block.half_extent(0) + 0.06  # open fingertips beside the block
+    if right < block.position[0] - reach or left > block.position[0] + reach:
+        return []
+    return _move_door(view, 0.0 if block.position[0] < (left + right) / 2 else L.SLIDE_TRAVEL)
 
 
 def _plan_slider(sign: int) -> Callable[[View], list[Waypoint]]:
-    def plan(view: View) -> list[Waypoint]:
-        goal = L.SLIDE_TRAVEL if sign > 0 else 0.0
-        handle = L.slide_handle(view.slide)
-        handle[2] = L.CABINET_WALL_TOP + 0.01 + 0.01  # fingertips just above the door panel
-        shift = np.array([-(goal - view.slide) - sign * 0.02, 0.0, 0.0])
-        return _rise(view, OPEN) + _grasp_and_move(handle, shift, _nearest(view.yaw, [np.pi / 2, -np.pi / 2]))
-    return plan
+    return lambda view: _move_door(view, L.SLIDE_TRAVEL if sign > 0 else 0.0)
 
 
 def _plan_drawer(sign: int) -> Callable[[View], list[Waypoint]]:
@@ -212,7 +234,7 @@ def _plan_drawer(sign: int) -> Callable[[View], list[Waypoint]]:
         goal = L.DRAWER_TRAVEL if sign > 0 else 0.0
         shift = np.array([0.0, -(goal - view.drawer) - sign * 0.02, 0.0])
         yaw = _nearest(view.yaw, [np.pi / 2, -np.pi / 2])
-        return _rise(view, OPEN) + _grasp_and_move(L.drawer_handle(view.drawer), shift, yaw)
+        return _grasp_and_move(L.drawer_handle(view.drawer), shift, yaw)
     return plan
 
 
@@ -223,17 +245,15 @@ def _plan_switch(sign: int) -> Callable[[View], list[Waypoint]]:
         contact = 0.01 + FINGER_HALF_THICKNESS  # knob half depth + pad: tcp offset when touching
         start = knob - np.array([0.0, sign * (contact + PUSH_CLEARANCE), 0.0])
         end = L.switch_handle(goal) - np.array([0.0, sign * (contact - 0.01), 0.0])  # 1 cm into the end stop
-        return _rise(view, CLOSE) + _push_along(start, end, view.yaw)
+        return _push_along(start, end, view.yaw)
     return plan
 
 
 def _plan_button(view: View) -> list[Waypoint]:
     top = view.config.button_top()
     press = view.config.button_top(depth=0.8 * L.BUTTON_TRAVEL) + np.array([0.0, 0.0, 0.005])
-    return _rise(view, CLOSE) + [Waypoint(_at(top, SAFE_Z), view.yaw, CLOSE), Waypoint(_at(top, top[2] + 0.03),
-                                                                                        view.yaw, CLOSE),
-                                 Waypoint(press, view.yaw, CLOSE, FINE, settle=3),
-                                 Waypoint(_at(top, SAFE_Z), view.yaw, CLOSE)]
+    return [Waypoint(_at(top, SAFE_Z), view.yaw, CLOSE), Waypoint(_at(top, top[2] + 0.03), view.yaw, CLOSE),
+            Waypoint(press, view.yaw, CLOSE, FINE, settle=3), Waypoint(_at(top, SAFE_Z), view.yaw, CLOSE)]
 
 
 class Infeasible(Exception):
@@ -244,12 +264,12 @@ def _held_or_pick(view: View, candidates: list[Block]) -> tuple[list[Waypoint], 
     """Waypoints that end with a block in hand, the block, its height above the tcp and the tcp yaw."""
     held = view.held()
     if held:
-        return _rise(view, CLOSE), held, _hold_offset(view, held), view.yaw
+        return [], held, _hold_offset(view, held), view.yaw
     if not candidates:
         raise Infeasible('no block in hand and none to pick up')
     block = candidates[0]
     yaw = grasp_yaw(block, view.yaw)
-    return _rise(view, OPEN) + _pick(view, block, yaw), block, GRASP_BELOW_CENTRE, yaw
+    return _pick(view, block, yaw), block, GRASP_BELOW_CENTRE, yaw
 
 
 def _table_blocks(view: View) -> list[Block]:
@@ -257,14 +277,20 @@ def _table_blocks(view: View) -> list[Block]:
 
 
 def _plan_place_in_slider(view: View) -> list[Waypoint]:
-    slot = 'slider_right' if view.slide > L.SLIDE_TRAVEL / 2 else 'slider_left'
+    """Into the middle of the uncovered part of the cabinet (a door moved just past the task threshold
+    leaves less room than CALVIN's slot position assumes)."""
     start, _, offset, yaw = _held_or_pick(view, _table_blocks(view))
-    return start + _release(np.array(L.SLIDER_SLOTS[slot]), L.PLANK_TOP, offset, yaw)
+    left, right = _door_span(view.slide)
+    x = (right + L.CABINET_X[1]) / 2 if view.slide > L.SLIDE_TRAVEL / 2 else (L.CABINET_X[0] + left) / 2
+    return start + _release(np.array([x, np.mean(L.CABINET_Y)]), L.PLANK_TOP, offset, yaw)
 
 
 def _plan_place_in_drawer(view: View) -> list[Waypoint]:
+    """Into the part of the drawer that sticks out from under the desk (all of it once fully open)."""
     start, _, offset, yaw = _held_or_pick(view, _table_blocks(view))
-    return start + _release(L.drawer_centre(view.drawer)[:2], L.DRAWER_FLOOR, offset, yaw)
+    centre = L.drawer_centre(view.drawer)
+    exposed_middle = (centre[1] - L.DRAWER_INNER_HALF[1] + L.DESK_Y[0]) / 2
+    return start + _release(np.array([centre[0], min(centre[1], exposed_middle)]), L.DRAWER_FLOOR, offset, yaw)
 
 
 def _plan_stack(view: View) -> list[Waypoint]:
@@ -287,7 +313,7 @@ def _plan_unstack(view: View) -> list[Waypoint]:
     others = [b.position[:2] for b in view.blocks if b is not top]
     spot = max(FREE_SPOTS, key=lambda s: min(np.linalg.norm(np.subtract(s, o)) for o in others))
     yaw = grasp_yaw(top, view.yaw)
-    return (_rise(view, OPEN) + _pick(view, top, yaw)
+    return (_pick(view, top, yaw)
             + _release(np.array(spot), L.TABLE_TOP, GRASP_BELOW_CENTRE, yaw))
 
 
@@ -300,7 +326,7 @@ def _plan_push_into_drawer(view: View) -> list[Waypoint]:
     start[1] += block.half_extent(1) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE
     end = _at(start)
     end[1] = L.DESK_Y[0] - 0.03
-    return _rise(view, CLOSE) + _push_along(start, end, view.yaw)
+    return _push_along(start, end, view.yaw)
 
 
 def _planners() -> dict[str, Callable[[View], list[Waypoint]]]:
