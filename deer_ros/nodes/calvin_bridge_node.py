@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -25,7 +24,6 @@ from rclpy.task import Future
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rcl_interfaces.msg import SetParametersResult
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import Image, JointState
@@ -211,6 +209,7 @@ class CalvinBridgeNode(Node):
             self._stop.set()
             self.done.set_result(False)
             return
+        ok = True
         try:
             obs = sim.env.reset()
             self.get_logger().info(f'{self.values["backend"]} simulator ready ({self.values["step_mode"]})')
@@ -226,10 +225,15 @@ class CalvinBridgeNode(Node):
                     continue
         except Interrupted:
             pass
+        except Exception:
+            # Publishing fails once the context is shut down (Ctrl-C): only a failure while running is an error.
+            ok = not self.context.ok()
+            if not ok:
+                raise
         finally:
             sim.env.close()
             self._stop.set()
-            self.done.set_result(True)
+            self.done.set_result(ok)
 
     def _free_play(self, sim: Simulator, obs: Obs) -> Obs:
         """Apply actions forever (until interrupted), in the configured step mode."""
@@ -287,8 +291,7 @@ class CalvinBridgeNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    rclpy.init(args=args)
     try:
         node = CalvinBridgeNode()
     except (ValueError, OSError, ImportError) as error:
@@ -306,6 +309,7 @@ def main(args: list[str] | None = None) -> None:
         executor.shutdown(timeout_sec=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
+    sys.exit(0 if node.done.result() is not False else 1)
 
 
 if __name__ == '__main__':

@@ -96,7 +96,8 @@ class PolicyRuntime:
     def __init__(self, source: str | Path, *, device: str = 'cpu', metric: str = 'rms', cost_kind: CostKind = 'llm',
                  budget: Budget = Budget(), seed: int = 0, warn: Callable[[str], None] = _LOG.warning) -> None:
         check_metric(metric)
-        self.source = Path(source) if Path(source).is_dir() else source
+        self.source = source
+        self.checkpoint = Path(source) if Path(source).is_dir() else None
         self.device = device
         self.cost_kind: CostKind = cost_kind
         self._seed = seed
@@ -108,7 +109,7 @@ class PolicyRuntime:
                              'which the ROS inputs (JointState) do not carry; not supported by the runtime')
         self.cost_table: CostTable = cost_table_for(self.config)
         self.calibration = self._calibration_file(metric)
-        self.calibration_source = str(calibration_path(self.source)) if self.calibration else 'synthetic'
+        self.calibration_source = str(calibration_path(self.checkpoint)) if self.calibration else 'synthetic'
         if self.calibration is None:
             model = self._load(self.config.num_exits)
             warn(f'no calibration file for {self.source}: collecting consistency values on random images; '
@@ -127,8 +128,8 @@ class PolicyRuntime:
 
     # ---- loading
     def _config(self) -> DeerConfig:
-        if isinstance(self.source, Path):
-            return DeerConfig.from_file(self.source / CONFIG_NAME)
+        if self.checkpoint is not None:
+            return DeerConfig.from_file(self.checkpoint / CONFIG_NAME)
         return load_config(self.source)
 
     def _load(self, num_exits: int) -> DeerVLA:
@@ -143,20 +144,17 @@ class PolicyRuntime:
         A stale or mismatched file raises: using it would solve thresholds for
         another model, and ignoring it silently would hide that.
         """
-        if not isinstance(self.source, Path) or not calibration_path(self.source).is_file():
+        if self.checkpoint is None or not calibration_path(self.checkpoint).is_file():
             return None
-        data = CalibrationData.load(calibration_path(self.source), checkpoint_sha256=checkpoint_sha256(self.source),
+        path = calibration_path(self.checkpoint)
+        data = CalibrationData.load(path, checkpoint_sha256=checkpoint_sha256(self.checkpoint),
                                     exit_layers=self.config.exit_layers)
         if data.metric != metric:
-            raise ValueError(f'{calibration_path(self.source)} was collected with exit metric {data.metric!r}, '
+            raise ValueError(f'{path} was collected with exit metric {data.metric!r}, '
                              f'not {metric!r}: set exit_metric to {data.metric!r} or re-run calibration')
         return data
 
     # ---- budgets
-    @property
-    def metric(self) -> str:
-        return self.calibration.metric
-
     @property
     def num_exits(self) -> int:
         """Exits the live model has (cap + 1)."""

@@ -1,0 +1,123 @@
+"""The calvin_bridge node over real DDS: observations out, actions in (lock-step), and chain evaluation with deer_policy."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header, String
+
+from deer_ros.msg import ArmAction
+from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
+from deer_ros.sim.interface import POS_SCALE
+from policy_driver import FAST_POLICY, LATCHED
+from ros_helpers import BackgroundSpinner, wait_for
+
+BRIDGE = 'deer_ros.nodes.calvin_bridge_node'
+STARTUP_S = 120.0
+
+
+class Robot(Node):
+    """Records what the bridge publishes and answers its frames with actions."""
+
+    def __init__(self, context: object) -> None:
+        super().__init__('bridge_client', context=context)
+        self.lock = threading.Lock()
+        self.messages: dict[str, list] = {topic: [] for topic in (
+            'camera/static/image_raw', 'camera/gripper/image_raw', 'joint_states', 'tcp_pose', 'instruction',
+            'evaluation/chain_result', 'evaluation/summary')}
+        for topic, kind in (('camera/static/image_raw', Image), ('camera/gripper/image_raw', Image),
+                            ('joint_states', JointState), ('tcp_pose', PoseStamped)):
+            self.create_subscription(kind, topic, self._recorder(topic), 10)
+        for topic in ('instruction', 'evaluation/summary'):
+            self.create_subscription(String, topic, self._recorder(topic), LATCHED)
+        self.create_subscription(String, 'evaluation/chain_result', self._recorder('evaluation/chain_result'), 10)
+        self.actions = self.create_publisher(ArmAction, 'arm_action', 10)
+
+    def _recorder(self, topic: str):
+        def record(msg: object) -> None:
+            with self.lock:
+                self.messages[topic].append(msg)
+        return record
+
+    def latest(self, topic: str) -> object | None:
+        with self.lock:
+            return self.messages[topic][-1] if self.messages[topic] else None
+
+    def frame_stamp(self) -> int:
+        frame = self.latest('camera/static/image_raw')
+        return -1 if frame is None else stamp_ns(frame.header.stamp)
+
+    def answer(self, delta: list[float], *, hold: bool = False, stamp: int | None = None) -> int:
+        """Send an action for the current frame (or ``stamp``); return the stamp of the next frame (-1: none)."""
+        current = self.frame_stamp()
+        action = ArmAction(header=Header(stamp=stamp_msg(current if stamp is None else stamp)),
+                           delta=np.asarray(delta, np.float32), gripper=ArmAction.GRIPPER_OPEN, hold=hold)
+        self.actions.publish(action)
+        wait_for(lambda: self.frame_stamp() != current, 10.0)
+        return self.frame_stamp() if self.frame_stamp() != current else -1
+
+
+def test_bridge_publishes_observations_and_steps_once_per_answer(start_node, rclpy_context):
+    bridge = start_node(BRIDGE, params={'republish_period_s': 0.1, 'instruction': 'open the drawer'})
+    robot = Robot(rclpy_context)
+    with BackgroundSpinner(robot, context=rclpy_context):
+        assert wait_for(lambda: robot.latest('tcp_pose') is not None and robot.actions.get_subscription_count(),
+                        STARTUP_S), bridge.log
+        static, gripper = robot.latest('camera/static/image_raw'), robot.latest('camera/gripper/image_raw')
+        assert (static.encoding, static.height, static.width) == ('rgb8', 200, 200)
+        assert (gripper.encoding, gripper.height, gripper.width) == ('rgb8', 84, 84)
+        joints = robot.latest('joint_states')
+        assert len(joints.name) == 9 and np.all(np.isfinite(joints.position))
+        assert robot.latest('instruction').data == 'open the drawer'
+
+        # Lock-step: without an answer the frame is only re-sent, with its original stamp.
+        first = robot.frame_stamp()
+        count = len(robot.messages['camera/static/image_raw'])
+        assert wait_for(lambda: len(robot.messages['camera/static/image_raw']) > count + 2, 5.0)
+        assert robot.frame_stamp() == first
+
+        start_x = robot.latest('tcp_pose').pose.position.x
+        for _ in range(6):
+            assert robot.answer([1.0, 0, 0, 0, 0, 0]) != -1, bridge.log
+        moved = robot.latest('tcp_pose').pose.position.x - start_x
+        assert 2 * POS_SCALE < moved < 6 * POS_SCALE * 1.2, moved  # +x at 0.02 m per step, IK lag allowed
+
+        assert robot.answer([0.0] * 6, stamp=first) == -1  # answers an old frame: ignored
+        for _ in range(5):  # holds step with a zero delta: the arm settles on its target and stays
+            assert robot.answer([1.0] * 6, hold=True) != -1
+        before = robot.latest('tcp_pose').pose.position.x
+        assert robot.answer([1.0] * 6, hold=True) != -1
+        assert abs(robot.latest('tcp_pose').pose.position.x - before) < POS_SCALE / 4
+        assert robot.answer([np.nan] * 6) != -1  # NaN is treated as a hold, never reaches the simulator
+        assert np.all(np.isfinite(robot.latest('joint_states').position))
+    assert bridge.running()
+    assert bridge.stop() == 0, bridge.log
+
+
+def test_bridge_evaluates_chains_against_the_policy_node(start_node, rclpy_context, tiny_checkpoint):
+    """Two processes, lock-step: the chain runs its subtask step budget, GFLOPs come from ExitStats."""
+    policy = start_node('deer_ros.nodes.policy_node', params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint)})
+    bridge = start_node(BRIDGE, params={'evaluate_on_start': True, 'shutdown_after_evaluation': True,
+                                        'num_chains': 1, 'max_steps': 4})
+    robot = Robot(rclpy_context)
+    with BackgroundSpinner(robot, context=rclpy_context):
+        assert wait_for(lambda: robot.latest('evaluation/summary') is not None, STARTUP_S), bridge.log + policy.log
+        summary = json.loads(robot.latest('evaluation/summary').data)
+        assert wait_for(lambda: robot.latest('evaluation/chain_result') is not None, 5.0)
+        chain = json.loads(robot.latest('evaluation/chain_result').data)
+    assert 'error' not in summary, summary
+    assert summary['num_chains'] == 1 and set(summary['success_rates']) == {'1', '2', '3', '4', '5'}
+    assert 0.0 <= summary['average_length'] <= 5.0
+    # An untrained policy cannot finish a subtask in 4 steps (8 cm of motion at most): the chain ends there.
+    assert chain['steps'] == [4] and chain['successes'] == 0
+    gflops = summary['gflops']
+    # Every executed step was a policy step (no holds) at full depth: the tiny model's cost, 6 of 6 exits.
+    assert gflops['policy_steps'] == 4 and gflops['mean_exit'] == 6.0
+    assert gflops['avg_llm_gflops'] == gflops['peak_llm_gflops'] > 0
+    assert wait_for(lambda: not bridge.running(), 20.0), 'shutdown_after_evaluation should end the bridge'
+    assert bridge.stop() == 0, bridge.log
+    assert 'policy state reset (service)' in policy.log

@@ -1,0 +1,92 @@
+"""PolicyController with the real tiny policy: which inputs it acts on, and what it does instead."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, STATIC_CAMERA, PolicyController,
+                                    check_image, check_joint_positions, safe_action)
+from deer_ros.policy.early_exit import NonFiniteActionError
+from deer_ros.policy.runtime import PolicyRuntime
+from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, GRIPPER_CLOSE, GRIPPER_OPEN, STATIC_CAMERA_SHAPE, Action
+from policy_driver import random_frame
+
+
+@pytest.fixture(scope='module')
+def runtime(tiny_checkpoint) -> PolicyRuntime:
+    return PolicyRuntime(tiny_checkpoint)
+
+
+def _feed(controller: PolicyController, now: float, stamp: int, rng: np.random.Generator) -> None:
+    inputs = controller.inputs
+    inputs.put(STATIC_CAMERA, random_frame(rng, STATIC_CAMERA_SHAPE), now, stamp)
+    inputs.put(GRIPPER_CAMERA, random_frame(rng, GRIPPER_CAMERA_SHAPE), now, stamp)
+    inputs.put(JOINT_STATES, np.zeros(7), now, stamp)
+
+
+def test_missing_inputs_hold_or_stay_silent(runtime):
+    controller = PolicyController(runtime, max_input_age_s=0.5)
+    decision = controller.tick(0.0)
+    assert decision.kind == 'hold' and not np.any(decision.action.pose) and decision.info is None
+    assert [problem.split(':')[0] for problem in decision.problems] == [
+        STATIC_CAMERA, GRIPPER_CAMERA, JOINT_STATES, INSTRUCTION]
+    controller.on_stale_input = 'silent'
+    assert controller.tick(0.0).kind == 'silent' and controller.tick(0.0).action is None
+
+
+def test_acts_once_per_frame_and_holds_on_stale_or_rejected_input(runtime):
+    rng = np.random.default_rng(0)
+    controller = PolicyController(runtime, max_input_age_s=0.5)
+    controller.set_instruction('open the drawer', 0.0)
+    _feed(controller, 0.0, stamp=100, rng=rng)
+    acted = controller.tick(0.1)
+    assert acted.kind == 'action' and acted.stamp_ns == 100 and acted.info.exit_index == 5
+    assert controller.tick(0.2).kind == 'wait'  # same frame: nothing new to act on
+    _feed(controller, 0.3, stamp=100, rng=rng)  # re-sent with its old stamp: still not new
+    assert controller.tick(0.3).kind == 'wait'
+    controller.require_new_frame = False
+    assert controller.tick(0.3).kind == 'action'
+
+    stale = controller.tick(0.9)  # 0.6 s after the last message
+    assert stale.kind == 'hold' and f'{STATIC_CAMERA}: stale, last message 0.60 s ago' in stale.problems[0]
+    assert stale.action.gripper == controller.gripper  # a hold keeps the last gripper command
+
+    _feed(controller, 1.0, stamp=200, rng=rng)
+    controller.inputs.reject(JOINT_STATES, 'non-finite joint positions [nan]')
+    assert controller.tick(1.0).problems == [f'{JOINT_STATES}: non-finite joint positions [nan]']
+    _feed(controller, 1.1, stamp=300, rng=rng)  # a good message clears the rejection
+    assert controller.tick(1.1).kind == 'action'
+
+
+def test_only_a_changed_instruction_resets_the_policy(runtime):
+    rng = np.random.default_rng(0)
+    controller = PolicyController(runtime, max_input_age_s=10.0)
+    assert controller.set_instruction('open the drawer', 0.0)
+    _feed(controller, 0.0, 1, np.random.default_rng(5))
+    first = controller.tick(0.0).action.pose
+    assert not controller.set_instruction('open the drawer', 0.1)  # a re-sent latched instruction
+    _feed(controller, 0.1, 2, rng)
+    controller.tick(0.1)
+    assert controller.set_instruction('close the drawer', 0.2) and controller.set_instruction('open the drawer', 0.3)
+    _feed(controller, 0.3, 3, np.random.default_rng(5))
+    np.testing.assert_allclose(controller.tick(0.3).action.pose, first, atol=1e-6)
+
+
+def test_input_checks_name_the_problem():
+    assert check_image(np.zeros(STATIC_CAMERA_SHAPE, np.uint8), STATIC_CAMERA_SHAPE) is None
+    assert check_image(np.zeros((480, 640, 3), np.uint8), STATIC_CAMERA_SHAPE) == (
+        'expected 200x200 RGB image, got 640x480')
+    assert check_joint_positions(np.zeros(7)) is None
+    assert check_joint_positions(np.array([])) == 'no joint positions in the message'
+    assert 'non-finite' in check_joint_positions(np.array([0.0, math.inf]))
+
+
+def test_safe_action_clamps_and_refuses_garbage():
+    clamped = safe_action(Action(np.array([2.0, -3.0, 0.5, 0, 0, 0]), GRIPPER_CLOSE))
+    np.testing.assert_array_equal(clamped.pose, [1.0, -1.0, 0.5, 0, 0, 0])
+    with pytest.raises(NonFiniteActionError):
+        safe_action(Action(np.array([math.nan, 0, 0, 0, 0, 0]), GRIPPER_OPEN))
+    with pytest.raises(NonFiniteActionError):
+        safe_action(Action(np.zeros(6), 0))
