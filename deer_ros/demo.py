@@ -1,8 +1,10 @@
 """``deer-ros demo``: run the early-exit policy and report exits, GFLOPs and latency.
 
-``--synthetic`` runs the policy in-process on generated observations (no
-simulator, no ROS): the quickest check that a model, its cost table and a
-budget work together.
+By default it starts the ``calvin_bridge`` (embedded simulator) and
+``deer_policy`` nodes and runs 5-instruction chains through ROS 2
+(:mod:`deer_ros.demo_ros`). ``--synthetic`` runs the policy in-process on
+generated observations (no simulator, no ROS): the quickest check that a
+model, its cost table and a budget work together.
 """
 from __future__ import annotations
 
@@ -44,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--synthetic', action='store_true',
                         help='in-process steps on generated observations instead of simulator chains')
     parser.add_argument('--steps', type=int, default=300, help='--synthetic: number of policy steps')
+    parser.add_argument('--chains', type=int, default=3, help='number of 5-instruction chains')
+    parser.add_argument('--sim', choices=('embedded', 'calvin'), default='embedded',
+                        help='embedded pybullet simulator or the real calvin_env (installed separately)')
+    parser.add_argument('--calvin-dataset', default=None, help='--sim calvin: CALVIN split root')
+    parser.add_argument('--max-steps', type=int, default=360, help='step budget per subtask (CALVIN: 360)')
+    parser.add_argument('--timeout', type=float, default=3600.0, help='give up after this many seconds')
     parser.add_argument('--seed', type=int, default=0)
 
 
@@ -92,4 +100,7 @@ def run(args: argparse.Namespace) -> int:
     budget = _budget(args)
     if args.synthetic:
         return run_synthetic(source, budget, args.steps, args.seed)
-    raise SystemExit('simulator chains through ROS 2 are not wired yet: use --synthetic')
+    from deer_ros.demo_ros import run_ros_chains
+    overrides = {name: getattr(budget, name) or 0.0 for name in ('avg_gflops', 'peak_gflops', 'max_memory_mb')}
+    return run_ros_chains(source, args.params_file, overrides, args.chains, args.max_steps, args.sim,
+                          args.calvin_dataset, args.timeout)

@@ -1,4 +1,4 @@
-"""The trade-off benchmark and the demo's synthetic mode run end to end in a reduced mode."""
+"""The trade-off benchmark and both demo modes run end to end in a reduced mode."""
 from __future__ import annotations
 
 import json
@@ -24,6 +24,13 @@ def test_tradeoff_benchmark_reduced(tmp_path: Path) -> None:
 
 
 def test_demo_synthetic_mode_reports_exits_and_cost() -> None:
-    done = subprocess.run([sys.executable, '-m', 'deer_ros.cli', 'demo', '--synthetic', '--steps', '20',
+    done = subprocess.run([sys.executable, '-m', 'deer_ros.cli', 'demo', '--source', 'tiny', '--synthetic', '--steps', '20',
                            '--avg-gflops', '0.2'], check=True, cwd=ROOT, timeout=600, capture_output=True, text=True)
     assert 'exit histogram' in done.stdout and 'LLM GFLOPs   avg' in done.stdout and 'p99' in done.stdout
+
+
+def test_demo_runs_a_short_chain_through_ros(ros_domain_id) -> None:
+    done = subprocess.run([sys.executable, '-m', 'deer_ros.cli', 'demo', '--source', 'tiny', '--chains', '1', '--max-steps', '4',
+                           '--timeout', '300'], check=True, cwd=ROOT, timeout=400, capture_output=True, text=True)
+    assert 'chains: 1   average successful length: 0.000' in done.stdout
+    assert 'exit histogram: exit 6: 100.0%' in done.stdout and 'LLM GFLOPs   avg 0.3272' in done.stdout
