@@ -35,7 +35,7 @@ from deer_ros.nodes.bridge import (STEP_MODES, ActionMailbox, Interrupted, Polic
                                    gflops_summary, received_action)
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
-from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
+from deer_ros.nodes.ros_time import stamp_ns
 from deer_ros.sim.evaluate_cli import build_sim_factory
 from deer_ros.sim.evaluation import EP_LEN, EvaluationReport, Simulator, run_chain
 from deer_ros.sim.interface import Obs

@@ -223,7 +223,8 @@ class PolicyNode(Node):
         if decision.action is None:
             return
         now = self.get_clock().now().to_msg()
-        header = Header(stamp=now if decision.stamp_ns is None else stamp_msg(decision.stamp_ns), frame_id=self.frame_id)
+        stamp = now if decision.stamp_ns is None else stamp_msg(decision.stamp_ns)  # answers this frame
+        header = Header(stamp=stamp, frame_id=self.frame_id)
         with self._publish_lock:
             if self._stopped:
                 return

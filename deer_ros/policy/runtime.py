@@ -42,7 +42,7 @@ _LOG = logging.getLogger(__name__)
 
 
 class _SyntheticWindows:
-    """Random-image windows under the evaluation instructions, shaped like ``LanguageWindows`` for ``collect_calibration``."""
+    """Random-image windows under the evaluation instructions, shaped like ``LanguageWindows``."""
 
     split_dir = Path('<synthetic>')
 

@@ -1,4 +1,4 @@
-"""The calvin_bridge node over real DDS: observations out, actions in (lock-step), and chain evaluation with deer_policy."""
+"""calvin_bridge over real DDS: observations out, actions in (lock-step), chain evaluation with deer_policy."""
 from __future__ import annotations
 
 import json

@@ -183,3 +183,11 @@ def test_reset_service_and_new_instruction_restart_the_policy_state(start_node, 
         future = reset.call_async(Trigger.Request())
         assert wait_for(future.done, 15.0) and future.result().success
         np.testing.assert_allclose(act(), after_instruction, atol=1e-6)
+
+
+def test_an_infeasible_start_up_budget_stops_the_node_with_the_reason(start_node, tiny_checkpoint):
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint),
+                                      'budget.avg_gflops': 1e-6})
+    assert wait_for(lambda: not node.running(), STARTUP_S), node.log
+    assert node.stop() == 1
+    assert 'cannot start: average budget 1e-06 is infeasible: the feasible range is [' in node.log

@@ -1,0 +1,85 @@
+"""Launch files: checked statically everywhere (ROS launch is not on PyPI), loaded where launch_ros exists."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deer_ros.nodes import calvin_bridge_node, policy_node
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
+NODES = {'policy_node': ('deer_policy', policy_node.PARAMETERS),
+         'calvin_bridge_node': ('calvin_bridge', calvin_bridge_node.PARAMETERS)}
+
+
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, 'id', getattr(node.func, 'attr', None)) == name]
+
+
+def _keyword(call: ast.Call, name: str) -> ast.expr | None:
+    return next((keyword.value for keyword in call.keywords if keyword.arg == name), None)
+
+
+def _parameter_names(call: ast.Call) -> set[str]:
+    """String keys of the dict literals given to ``parameters=``."""
+    parameters = _keyword(call, 'parameters')
+    return {key.value for node in ast.walk(parameters) if isinstance(node, ast.Dict)
+            for key in node.keys if isinstance(key, ast.Constant)} if parameters else set()
+
+
+def _declared(specs) -> set[str]:
+    return {spec.name for spec in specs} | {'use_sim_time'}
+
+
+def _flatten(tree: dict, prefix: str = '') -> set[str]:
+    names = set()
+    for key, value in tree.items():
+        names |= _flatten(value, f'{prefix}{key}.') if isinstance(value, dict) else {prefix + key}
+    return names
+
+
+@pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda path: path.name)
+def test_launch_file_starts_existing_executables_with_declared_parameters(path):
+    tree = ast.parse(path.read_text(), str(path))
+    assert any(isinstance(n, ast.FunctionDef) and n.name == 'generate_launch_description' for n in tree.body)
+    scripts = {p.name for p in (ROOT / 'scripts').iterdir()}
+    for call in _calls(tree, 'Node'):
+        executable = _keyword(call, 'executable').value
+        assert executable in NODES and executable in scripts, executable
+        node_name, specs = NODES[executable]
+        assert _keyword(call, 'name').value == node_name  # the params file is keyed by this name
+        assert _parameter_names(call) <= _declared(specs)
+
+
+def test_policy_launch_overrides_name_policy_parameters():
+    tree = ast.parse((ROOT / 'launch' / 'policy.launch.py').read_text())
+    overrides = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                     and node.targets[0].id == 'POLICY_OVERRIDES')
+    assert {value.elts[0].value for value in overrides.values} <= _declared(policy_node.PARAMETERS)
+
+
+def test_params_file_sets_exactly_the_declared_parameters():
+    config = yaml.safe_load((ROOT / 'config' / 'deer.yaml').read_text())
+    for node_name, specs in NODES.values():
+        assert _flatten(config[node_name]['ros__parameters']) == {spec.name for spec in specs}, node_name
+
+
+@pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda path: path.name)
+def test_launch_file_loads_with_ros_launch(path):
+    pytest.importorskip('launch_ros', reason='ROS 2 launch is not on PyPI; needs a system ROS 2 install')
+    spec = importlib.util.spec_from_file_location(path.stem.replace('.', '_'), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from launch import LaunchDescription
+    assert isinstance(module.generate_launch_description(), LaunchDescription)
+
+
+def test_every_parameter_is_documented():
+    doc = (ROOT / 'docs' / 'nodes.md').read_text()
+    missing = [spec.name for _, specs in NODES.values() for spec in specs if f'`{spec.name}`' not in doc]
+    assert not missing
