@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Reproduce the shipped default policy (deer_ros/pretrained/tiny) end to end on the embedded simulator:
+#   1. collect scripted-expert demonstrations in CALVIN format      (deer-ros collect)
+#   2. train the tiny multi-exit model, joint + heads stages, and
+#      write the calibration file beside the weights                 (deer-ros train)
+#   3. evaluate it on 5-instruction chains                          (deer-ros evaluate)
+#   4. install config.json, model.safetensors, calibration.npz, train_config.json and
+#      evaluation.json into deer_ros/pretrained/tiny/
+#
+# Knobs (environment variables, defaults in brackets): WORK [runs/default_policy], DEMOS [400],
+# CHAIN_LENGTH [1], JOINT_STEPS [1500], HEAD_STEPS [300], BATCH [4], CHAINS [32], THREADS [1], SEED [1].
+# Re-running skips a finished collection and resumes an interrupted training run.
+# CHAIN_LENGTH=1 records every demo from a fresh start state: longer rollouts can reach a state in which
+# `deer-ros collect` finds no applicable task and stops with "high <= 0".
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+WORK="${WORK:-runs/default_policy}"
+DEMOS="${DEMOS:-400}"
+CHAIN_LENGTH="${CHAIN_LENGTH:-1}"
+JOINT_STEPS="${JOINT_STEPS:-1500}"
+HEAD_STEPS="${HEAD_STEPS:-300}"
+BATCH="${BATCH:-4}"
+CHAINS="${CHAINS:-32}"
+THREADS="${THREADS:-1}"
+SEED="${SEED:-1}"
+DEST="$ROOT/deer_ros/pretrained/tiny"
+mkdir -p "$WORK"
+SECONDS=0
+
+if [ ! -f "$WORK/collect_summary.json" ]; then
+  echo "== collect: $DEMOS demos"
+  rm -rf "$WORK/data"
+  "$PY" -m deer_ros.cli collect --output "$WORK/data" --episodes "$DEMOS" --seed "$SEED" \
+    --chain-length "$CHAIN_LENGTH" --no-progress | sed '/^pybullet build time\|^argv\[0\]/d' > "$WORK/collect_summary.json.tmp"
+  mv "$WORK/collect_summary.json.tmp" "$WORK/collect_summary.json"
+fi
+echo "== collect done at ${SECONDS}s"
+
+echo "== train: $JOINT_STEPS joint + $HEAD_STEPS head steps"
+"$PY" -m deer_ros.cli train --data "$WORK/data" --output "$WORK/train" --model tiny \
+  --joint-steps "$JOINT_STEPS" --head-steps "$HEAD_STEPS" --batch-size "$BATCH" \
+  --lr 5e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 100 --schedule cosine \
+  --log-every 25 --eval-every 250 --save-every 250 --val-windows 64 --calibration-windows 256 \
+  --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume
+echo "== train done at ${SECONDS}s"
+
+echo "== evaluate: $CHAINS chains"
+"$PY" -m deer_ros.cli evaluate --policy deer_ros.policy.chain_policy:deer_policy \
+  --policy-kwargs "{\"source\": \"$WORK/train/policy\"}" --num-chains "$CHAINS" --no-progress \
+  --output "$WORK/evaluation.json"
+echo "== evaluate done at ${SECONDS}s"
+
+mkdir -p "$DEST"
+cp "$WORK/train/policy/config.json" "$WORK/train/policy/model.safetensors" "$WORK/train/policy/calibration.npz" \
+  "$WORK/train/train_config.json" "$WORK/evaluation.json" "$DEST/"
+echo "installed into $DEST (total ${SECONDS}s)"
