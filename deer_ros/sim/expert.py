@@ -12,7 +12,7 @@ import numpy as np
 
 from deer_ros.sim.interface import ORN_SCALE, POS_SCALE
 from deer_ros.sim.layout import SceneConfig
-from deer_ros.sim.plans import PLANNERS, SAFE_Z, View, Waypoint, plan, rise
+from deer_ros.sim.plans import NEUTRAL_YAW, PLANNERS, SAFE_Z, View, Waypoint, plan, rise
 
 TOLERANCE = 0.008  # metres between tcp and waypoint before moving on
 MAX_WAIT = 12  # steps to wait for a tcp that cannot get closer (pressing, end stops)
@@ -28,7 +28,7 @@ class ScriptedExpert:
     def __init__(self, env: object) -> None:
         self._config: SceneConfig = env.config
         self._task: str | None = None
-        self._stage = 'start'  # 'start' -> 'rise' -> 'task'
+        self._stage = 'start'  # 'start' -> 'rise' -> 'task', or 'replan' -> 'task' after a preparation stage
         self._plan: list[Waypoint] = []
         self._target = np.zeros(6)
         self._waited = 0
@@ -63,6 +63,7 @@ class ScriptedExpert:
         return np.concatenate([step[:3] / POS_SCALE, step[3:] / ORN_SCALE, [waypoint.gripper]])
 
     def _next_plan(self, view: View) -> list[Waypoint]:
+        """The rise before the task (first call), then the task's plan from the current observation."""
         if self._stage == 'start':
             self._target = np.concatenate([view.tcp, view.euler])
             self._stage = 'rise'
@@ -73,8 +74,10 @@ class ScriptedExpert:
 
     def _step_towards(self, waypoint: Waypoint) -> tuple[np.ndarray, bool]:
         """Move the integrated target straight towards the waypoint within the step limits; True once there."""
-        goal_euler = np.array([np.pi, 0.0, waypoint.yaw])
-        delta = np.concatenate([waypoint.position - self._target[:3], _wrap(goal_euler - self._target[3:])])
+        tilt = _wrap(np.array([np.pi, 0.0]) - self._target[3:5])
+        # Turn the way that keeps the yaw within pi of neutral, never across the wrist's joint limit.
+        turn = _wrap(waypoint.yaw - NEUTRAL_YAW) - _wrap(self._target[5] - NEUTRAL_YAW)
+        delta = np.concatenate([waypoint.position - self._target[:3], tilt, [turn]])
         limits = np.array([POS_SCALE] * 3 + [ORN_SCALE] * 3) * waypoint.speed
         scale = max(1.0, float(np.max(np.abs(delta) / limits)))
         step = delta / scale
@@ -90,3 +93,5 @@ class ScriptedExpert:
         else:
             self._plan.pop(0)
             self._waited = self._settled = 0
+            if waypoint.replan:
+                self._plan, self._stage = [], 'replan'

@@ -6,10 +6,11 @@ simulator, so the same plans work whatever brought the scene into its current st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from deer_ros.sim import layout as L
 from deer_ros.sim.layout import SceneConfig
@@ -21,36 +22,69 @@ FINGER_HALF_THICKNESS = 0.012  # closed fingertip pads, measured along the closi
 PUSH_CLEARANCE = 0.02  # gap between a fingertip and what it is about to push
 RELEASE_GAP = 0.012  # a placed block's bottom is released this far above its support
 TRAVEL, FINE = 0.8, 0.4  # fractions of the 2 cm / 0.05 rad per-step limit
-NEUTRAL_YAW = 1.5  # tcp yaw of the reset pose
+# Tcp yaw of the reset pose. Plans pick yaws near it: a yaw pi away needs the wrist joint past its limit.
+NEUTRAL_YAW = 1.5
 
 
 @dataclass(frozen=True)
 class Waypoint:
-    """Where the tcp should go next; ``settle`` holds the pose afterwards (gripper motion, button press)."""
+    """Where the tcp should go next; ``settle`` holds the pose afterwards (gripper motion, button press).
+
+    ``replan`` ends a preparation stage (sliding the door away, opening the drawer fully): the
+    follower then plans the task again from a fresh observation.
+    """
 
     position: np.ndarray
     yaw: float
     gripper: int
     speed: float = TRAVEL
     settle: int = 0
+    replan: bool = False
+
+
+def _then_replan(stage: list[Waypoint]) -> list[Waypoint]:
+    return stage[:-1] + [replace(stage[-1], replan=True)]
 
 
 @dataclass(frozen=True)
 class Block:
+    """A block's pose and size; it may lie on any face (e.g. after tumbling into the drawer)."""
+
     colour: str
     position: np.ndarray
-    yaw: float
+    axes: np.ndarray  # columns: the block's local x, y, z axes in the world frame
     size: tuple[float, float, float]
 
-    def half_extent(self, axis: int) -> float:
-        """Half of the block's footprint along world x (0) or y (1) at its current yaw."""
-        c, s = abs(np.cos(self.yaw)), abs(np.sin(self.yaw))
-        lx, ly = self.size[0] / 2, self.size[1] / 2
-        return c * lx + s * ly if axis == 0 else s * lx + c * ly
+    @property
+    def _vertical(self) -> int:
+        """The local axis that points (most nearly) up."""
+        return int(np.argmax(np.abs(self.axes[2])))
+
+    @property
+    def _horizontal(self) -> list[int]:
+        return [axis for axis in range(3) if axis != self._vertical]
+
+    @property
+    def height(self) -> float:
+        return self.size[self._vertical]
 
     @property
     def top(self) -> float:
-        return self.position[2] + self.size[2] / 2
+        return self.position[2] + self.height / 2
+
+    def half_extent(self, axis: int) -> float:
+        """Half of the block's footprint along world x (0) or y (1)."""
+        return sum(abs(self.axes[axis, local]) * self.size[local] / 2 for local in self._horizontal)
+
+    def grip_direction(self) -> tuple[float, float]:
+        """Tcp yaw that closes the fingers across the narrower horizontal side, and its period.
+
+        The fingers close along (sin yaw, -cos yaw); the period is pi, or pi/2 for a square footprint.
+        """
+        sides = sorted(self._horizontal, key=lambda local: self.size[local])
+        across = self.axes[:, sides[0]]
+        period = np.pi / 2 if np.isclose(self.size[sides[0]], self.size[sides[1]]) else np.pi
+        return float(np.arctan2(across[0], -across[1])), period
 
 
 def _wrap(angle: float) -> float:
@@ -67,7 +101,8 @@ class View:
         self.gripper = OPEN if robot_obs[14] > 0 else CLOSE
         self.slide, self.drawer, _, self.switch = (float(v) for v in scene_obs[:4])
         self.blocks = [Block(colour, np.asarray(scene_obs[6 + 6 * i: 9 + 6 * i], dtype=np.float64),
-                             float(scene_obs[11 + 6 * i]), L.BLOCK_SIZES[size])
+                             Rotation.from_euler('xyz', scene_obs[9 + 6 * i: 12 + 6 * i]).as_matrix(),
+                             L.BLOCK_SIZES[size])
                        for i, (colour, size) in enumerate(config.blocks)]
         self.config = config
 
@@ -88,7 +123,7 @@ class View:
         return L.CABINET_Y[0] < block.position[1] < L.CABINET_Y[1]
 
     def on_table(self, block: Block) -> bool:
-        return (abs(block.position[2] - (L.TABLE_TOP + L.BLOCK_HEIGHT / 2)) < 0.01
+        return (abs(block.position[2] - block.height / 2 - L.TABLE_TOP) < 0.01
                 and block.position[1] < L.CABINET_Y[0] - 0.01)
 
     def stacked(self) -> tuple[Block, Block] | None:
@@ -105,14 +140,10 @@ def _nearest(angle: float, candidates: list[float]) -> float:
     return min(candidates, key=lambda c: abs(_wrap(c - angle)))
 
 
-def grasp_yaw(block: Block, reference: float) -> float:
-    """Tcp yaw that closes the fingers across the block's narrow side, nearest to ``reference``.
-
-    The fingers close along (sin yaw, -cos yaw), which is the block's local y axis when the tcp
-    yaw equals the block yaw modulo pi (modulo pi/2 for a cube).
-    """
-    period = np.pi / 2 if block.size[0] == block.size[1] else np.pi
-    return _nearest(reference, [block.yaw + k * period for k in range(-4, 5)])
+def grasp_yaw(block: Block, reference: float = NEUTRAL_YAW) -> float:
+    """Tcp yaw that closes the fingers across the block's narrow side, nearest to ``reference``."""
+    yaw, period = block.grip_direction()
+    return _nearest(reference, [yaw + k * period for k in range(-4, 5)])
 
 
 def _at(point: np.ndarray, z: float | None = None) -> np.ndarray:
@@ -189,16 +220,16 @@ def _plan_push(colour: str, sign: int) -> Callable[[View], list[Waypoint]]:
         start = _at(block.position, _table_push_height())
         start[0] -= sign * (block.half_extent(0) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE)
         end = start + np.array([sign * 0.17, 0.0, 0.0])
-        return _push_along(start, end, view.yaw)
+        return _push_along(start, end, NEUTRAL_YAW)
     return plan
 
 
 def _plan_lift(colour: str) -> Callable[[View], list[Waypoint]]:
     def plan(view: View) -> list[Waypoint]:
         block = view.block(colour)
-        yaw = grasp_yaw(block, view.yaw)
-        door = _uncover(view, block) if view.in_cabinet(block) else []
-        return door + _pick(view, block, yaw) + [Waypoint(_at(block.position, SAFE_Z), yaw, CLOSE)]
+        yaw = grasp_yaw(block)
+        prepare = _uncover(view, block) if view.in_cabinet(block) else _open_drawer_fully(view, block)
+        return prepare or _pick(view, block, yaw) + [Waypoint(_at(block.position, SAFE_Z), yaw, CLOSE)]
     return plan
 
 
@@ -213,7 +244,7 @@ def _move_door(view: View, goal: float) -> list[Waypoint]:
     handle = L.slide_handle(view.slide)
     handle[2] = L.CABINET_WALL_TOP + 0.02  # fingertips just above the door panel
     shift = np.array([-(goal - view.slide) - np.sign(goal - view.slide) * 0.02, 0.0, 0.0])
-    return _grasp_and_move(handle, shift, _nearest(view.yaw, [np.pi / 2, -np.pi / 2]))
+    return _grasp_and_move(handle, shift, NEUTRAL_YAW)
 
 
 def _uncover(view: View, block: Block) -> list[Waypoint]:
@@ -222,20 +253,32 @@ def _uncover(view: View, block: Block) -> list[Waypoint]:
     reach = block.half_extent(0) + 0.06  # open fingertips beside the block
     if right < block.position[0] - reach or left > block.position[0] + reach:
         return []
-    return _move_door(view, 0.0 if block.position[0] < (left + right) / 2 else L.SLIDE_TRAVEL)
+    return _then_replan(_move_door(view, 0.0 if block.position[0] < (left + right) / 2 else L.SLIDE_TRAVEL))
 
 
 def _plan_slider(sign: int) -> Callable[[View], list[Waypoint]]:
     return lambda view: _move_door(view, L.SLIDE_TRAVEL if sign > 0 else 0.0)
 
 
+def _move_drawer(view: View, goal: float) -> list[Waypoint]:
+    """Grasp the drawer handle and move the drawer to ``goal``, 2 cm into the end stop."""
+    shift = np.array([0.0, -(goal - view.drawer) - np.sign(goal - view.drawer) * 0.02, 0.0])
+    return _grasp_and_move(L.drawer_handle(view.drawer), shift, NEUTRAL_YAW)
+
+
+def _open_drawer_fully(view: View, block: Block | None = None) -> list[Waypoint]:
+    """Pull a drawer left just past the 'open' threshold all the way out (a block in it comes along).
+
+    Only when something has to go into or come out of it: ``block`` (if given) must be in the drawer.
+    """
+    inside = block is None or block.position[2] < L.TABLE_TOP - 0.02
+    if not inside or view.drawer > L.DRAWER_TRAVEL - 0.03:
+        return []
+    return _then_replan(_move_drawer(view, L.DRAWER_TRAVEL))
+
+
 def _plan_drawer(sign: int) -> Callable[[View], list[Waypoint]]:
-    def plan(view: View) -> list[Waypoint]:
-        goal = L.DRAWER_TRAVEL if sign > 0 else 0.0
-        shift = np.array([0.0, -(goal - view.drawer) - sign * 0.02, 0.0])
-        yaw = _nearest(view.yaw, [np.pi / 2, -np.pi / 2])
-        return _grasp_and_move(L.drawer_handle(view.drawer), shift, yaw)
-    return plan
+    return lambda view: _move_drawer(view, L.DRAWER_TRAVEL if sign > 0 else 0.0)
 
 
 def _plan_switch(sign: int) -> Callable[[View], list[Waypoint]]:
@@ -245,15 +288,16 @@ def _plan_switch(sign: int) -> Callable[[View], list[Waypoint]]:
         contact = 0.01 + FINGER_HALF_THICKNESS  # knob half depth + pad: tcp offset when touching
         start = knob - np.array([0.0, sign * (contact + PUSH_CLEARANCE), 0.0])
         end = L.switch_handle(goal) - np.array([0.0, sign * (contact - 0.01), 0.0])  # 1 cm into the end stop
-        return _push_along(start, end, view.yaw)
+        return _push_along(start, end, NEUTRAL_YAW)
     return plan
 
 
 def _plan_button(view: View) -> list[Waypoint]:
     top = view.config.button_top()
     press = view.config.button_top(depth=0.8 * L.BUTTON_TRAVEL) + np.array([0.0, 0.0, 0.005])
-    return [Waypoint(_at(top, SAFE_Z), view.yaw, CLOSE), Waypoint(_at(top, top[2] + 0.03), view.yaw, CLOSE),
-            Waypoint(press, view.yaw, CLOSE, FINE, settle=3), Waypoint(_at(top, SAFE_Z), view.yaw, CLOSE)]
+    yaw = NEUTRAL_YAW
+    return [Waypoint(_at(top, SAFE_Z), yaw, CLOSE), Waypoint(_at(top, top[2] + 0.03), yaw, CLOSE),
+            Waypoint(press, yaw, CLOSE, FINE, settle=3), Waypoint(_at(top, SAFE_Z), yaw, CLOSE)]
 
 
 class Infeasible(Exception):
@@ -268,7 +312,7 @@ def _held_or_pick(view: View, candidates: list[Block]) -> tuple[list[Waypoint], 
     if not candidates:
         raise Infeasible('no block in hand and none to pick up')
     block = candidates[0]
-    yaw = grasp_yaw(block, view.yaw)
+    yaw = grasp_yaw(block)
     return _pick(view, block, yaw), block, GRASP_BELOW_CENTRE, yaw
 
 
@@ -287,6 +331,8 @@ def _plan_place_in_slider(view: View) -> list[Waypoint]:
 
 def _plan_place_in_drawer(view: View) -> list[Waypoint]:
     """Into the part of the drawer that sticks out from under the desk (all of it once fully open)."""
+    if view.held() is None and _open_drawer_fully(view):
+        return _open_drawer_fully(view)
     start, _, offset, yaw = _held_or_pick(view, _table_blocks(view))
     centre = L.drawer_centre(view.drawer)
     exposed_middle = (centre[1] - L.DRAWER_INNER_HALF[1] + L.DESK_Y[0]) / 2
@@ -312,21 +358,36 @@ def _plan_unstack(view: View) -> list[Waypoint]:
     top, _ = stack
     others = [b.position[:2] for b in view.blocks if b is not top]
     spot = max(FREE_SPOTS, key=lambda s: min(np.linalg.norm(np.subtract(s, o)) for o in others))
-    yaw = grasp_yaw(top, view.yaw)
+    yaw = grasp_yaw(top)
     return (_pick(view, top, yaw)
             + _release(np.array(spot), L.TABLE_TOP, GRASP_BELOW_CENTRE, yaw))
 
 
+DRAWER_PUSH_X = (L.DRAWER_X - 0.1, L.DRAWER_X + 0.1)  # a block pushed off the edge here lands inside
+
+
 def _plan_push_into_drawer(view: View) -> list[Waypoint]:
+    """Open the drawer fully, slide the block sideways over it if needed, then push it off the desk edge."""
     table = _table_blocks(view)
     if not table:
         raise Infeasible('no block on the table')
-    block = table[0]
+    block = min(table, key=lambda b: abs(b.position[0] - L.DRAWER_X))
+    prepare = _open_drawer_fully(view)
+    if prepare:
+        return prepare
+    x = block.position[0]
+    if not DRAWER_PUSH_X[0] <= x <= DRAWER_PUSH_X[1]:
+        sign = 1 if x < DRAWER_PUSH_X[0] else -1
+        side = _at(block.position, _table_push_height())
+        side[0] -= sign * (block.half_extent(0) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE)
+        end = _at(side)
+        end[0] = L.DRAWER_X - sign * (block.half_extent(0) + FINGER_HALF_THICKNESS)
+        return _then_replan(_push_along(side, end, NEUTRAL_YAW))
     start = _at(block.position, _table_push_height())
     start[1] += block.half_extent(1) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE
     end = _at(start)
     end[1] = L.DESK_Y[0] - 0.03
-    return _push_along(start, end, view.yaw)
+    return _push_along(start, end, NEUTRAL_YAW)
 
 
 def _planners() -> dict[str, Callable[[View], list[Waypoint]]]:

@@ -145,10 +145,16 @@ def _unstack(start: Info, end: Info) -> bool:
 
 
 def _push_into_drawer(start: Info, end: Info) -> bool:
+    """A block that rested on the desk top alone now touches the drawer, and the robot let go of it.
+
+    The robot may touch the block at the start (a chain's previous task may end touching it); a block
+    that was carried has no desk contact at the start and does not count.
+    """
     robot = _robot(end)
     for colour in COLOURS:
         before, after = _touching(_block(start, colour)['contacts']), _touching(_block(end, colour)['contacts'])
-        if (before == {_surface(start, 'table')} and _surface(end, 'drawer') in after
+        surfaces = {pair for pair in before if pair[0] != robot}
+        if (surfaces == {_surface(start, 'table')} and _surface(end, 'drawer') in after
                 and robot not in {uid for uid, _ in after}):
             return True
     return False
