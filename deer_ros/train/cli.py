@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)}
     result = train(TrainConfig(**options), resume=args.resume)
+    if result.rank != 0:
+        return 0
     print(f'trained {result.steps} steps in {result.seconds / 60:.1f} min -> {result.policy_dir}')
     if result.calibration_file is not None:
         print(f'calibration: {result.calibration_file}')

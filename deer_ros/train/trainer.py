@@ -51,6 +51,7 @@ class TrainResult:
     calibration_file: Path | None
     steps: int
     seconds: float
+    rank: int = 0
     val_metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -144,7 +145,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.close()
         return TrainResult(self.output / POLICY_DIR, calibration, global_step, time.perf_counter() - started,
-                           self.val_metrics)
+                           self.context.rank, self.val_metrics)
 
     def _run_stage(self, stage: str, first: int, global_step: int, point: ResumePoint | None) -> int:
         config = self.config
@@ -158,7 +159,7 @@ class Trainer:
         batches = iter(self._loader(self.train_set, batch_sampler=sampler))
         self._seed_streams(global_step)  # after the loader drew its worker seeds, as on resume
         running: dict[str, torch.Tensor] = {}
-        count, tick = 0, time.perf_counter()
+        count, tick, paused = 0, time.perf_counter(), 0.0  # paused: validation and saving, kept out of the rate
         progress = tqdm(range(first, total), desc=stage, unit='step', initial=first, total=total,
                         disable=not (self.context.is_main and config.progress))
         for step in progress:
@@ -170,18 +171,20 @@ class Trainer:
             count += 1
             done = step + 1
             if done % config.log_every == 0 or done == total:
-                rate = count * config.batch_size * self.context.world / (time.perf_counter() - tick)
+                rate = count * config.batch_size * self.context.world / (time.perf_counter() - tick - paused)
                 values = {f'train/{name}': float(value) / count for name, value in running.items()}
                 values.update({'train/lr': update.lr, 'train/windows_per_s': rate})
                 if self.metrics is not None:
                     self.metrics.log(global_step, stage, values)
                 progress.set_postfix(loss=f"{values['train/loss']:.4f}", win_s=f'{rate:.1f}')
                 running.clear()
-                count, tick = 0, time.perf_counter()
+                count, tick, paused = 0, time.perf_counter(), 0.0
+            pause_start = time.perf_counter()
             if done % config.eval_every == 0 or done == total:
                 self.val_metrics = self._validate(global_step, stage)
             if done % config.save_every == 0 or done == total:
                 self._save(ResumePoint(stage, done, global_step, update.state_dict()))
+            paused += time.perf_counter() - pause_start
         progress.close()
         return global_step
 
