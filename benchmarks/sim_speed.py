@@ -13,8 +13,6 @@ import os
 import time
 from typing import Callable
 
-import numpy as np
-
 from deer_ros.sim.env import PlayTableEnv
 from deer_ros.sim.expert import ScriptedExpert
 

@@ -80,7 +80,8 @@ class PlayTableEnv(SimEnv):
         return self.get_obs(), 0.0, False, self.get_info()
 
     def get_obs(self) -> Obs:
-        return {'rgb_obs': {name: camera.render() for name, camera in self.cameras.items()}, 'robot_obs': self.robot.get_obs(), 'scene_obs': self.scene.get_obs()}
+        return {'rgb_obs': {name: camera.render() for name, camera in self.cameras.items()},
+                'robot_obs': self.robot.get_obs(), 'scene_obs': self.scene.get_obs()}
 
     def get_info(self) -> Info:
         return {'robot_info': self.robot.get_info(), 'scene_info': self.scene.get_info()}

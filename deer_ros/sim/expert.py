@@ -2,9 +2,10 @@
 
 It first lifts the hand straight up, gripper unchanged (inside a CALVIN chain a task starts wherever
 the last one was judged done, often with the fingers still touching something), then plans
-waypoints from the observation at that height (:mod:`deer_ros.sim.plans`) and follows them. It integrates its own actions into a copy of the env's target
-pose (initialised from the observed tcp), because the env accumulates deltas on a target rather
-than on the measured pose: servoing on the measured pose would keep adding the tracking lag.
+waypoints from the observation at that height (:mod:`deer_ros.sim.plans`) and follows them.
+It integrates its own actions into a copy of the env's target pose (initialised from the observed
+tcp), because the env accumulates deltas on a target rather than on the measured pose: servoing on
+the measured pose would keep adding the tracking lag.
 """
 from __future__ import annotations
 

@@ -89,14 +89,19 @@ def _palette(desk: Rgba, cabinet: Rgba, accent: Rgba, floor: Rgba) -> Mapping[st
         'bulb_off': (0.85, 0.85, 0.8, 1.0), 'bulb_on': (1.0, 0.85, 0.1, 1.0)})
 
 
+# palette: desk, cabinet (and drawer), accent (door, cabinet floor, drawer front), floor
 SCENES: Mapping[str, SceneConfig] = MappingProxyType({
-    'A': SceneConfig('A', _palette((0.45, 0.3, 0.2, 1), (0.9, 0.9, 0.85, 1), (0.2, 0.45, 0.3, 1), (0.35, 0.35, 0.4, 1)),
+    'A': SceneConfig('A', _palette((0.45, 0.3, 0.2, 1), (0.9, 0.9, 0.85, 1), (0.2, 0.45, 0.3, 1),
+                                   (0.35, 0.35, 0.4, 1)),
                      (('pink', 'small'), ('blue', 'middle'), ('red', 'big')), (-0.25, -0.05)),
-    'B': SceneConfig('B', _palette((0.85, 0.85, 0.82, 1), (0.35, 0.25, 0.2, 1), (0.7, 0.3, 0.15, 1), (0.5, 0.45, 0.4, 1)),
+    'B': SceneConfig('B', _palette((0.85, 0.85, 0.82, 1), (0.35, 0.25, 0.2, 1), (0.7, 0.3, 0.15, 1),
+                                   (0.5, 0.45, 0.4, 1)),
                      (('red', 'big'), ('blue', 'small'), ('pink', 'middle')), (-0.12, -0.27)),
-    'C': SceneConfig('C', _palette((0.3, 0.3, 0.33, 1), (0.65, 0.5, 0.35, 1), (0.15, 0.3, 0.6, 1), (0.6, 0.6, 0.55, 1)),
+    'C': SceneConfig('C', _palette((0.3, 0.3, 0.33, 1), (0.65, 0.5, 0.35, 1), (0.15, 0.3, 0.6, 1),
+                                   (0.6, 0.6, 0.55, 1)),
                      (('blue', 'big'), ('red', 'small'), ('pink', 'middle')), (-0.25, -0.05)),
-    'D': SceneConfig('D', _palette((0.72, 0.55, 0.36, 1), (0.55, 0.38, 0.25, 1), (0.25, 0.25, 0.3, 1), (0.45, 0.45, 0.45, 1)),
+    'D': SceneConfig('D', _palette((0.72, 0.55, 0.36, 1), (0.55, 0.38, 0.25, 1), (0.25, 0.25, 0.3, 1),
+                                   (0.45, 0.45, 0.45, 1)),
                      (('red', 'middle'), ('blue', 'small'), ('pink', 'big')), (-0.12, -0.27)),
 })
 

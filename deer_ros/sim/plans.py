@@ -21,6 +21,7 @@ GRASP_BELOW_CENTRE = 0.008  # tcp below the block centre, so the pads hold the b
 FINGER_HALF_THICKNESS = 0.012  # closed fingertip pads, measured along the closing axis
 PUSH_CLEARANCE = 0.02  # gap between a fingertip and what it is about to push
 RELEASE_GAP = 0.012  # a placed block's bottom is released this far above its support
+PUSH_Z = L.TABLE_TOP + 0.015  # tcp height for pushing blocks on the desk: pads 1 cm above the top
 TRAVEL, FINE = 0.8, 0.4  # fractions of the 2 cm / 0.05 rad per-step limit
 # Tcp yaw of the reset pose. Plans pick yaws near it: a yaw pi away needs the wrist joint past its limit.
 NEUTRAL_YAW = 1.5
@@ -158,16 +159,11 @@ def rise(view: View) -> Waypoint:
     return Waypoint(_at(view.tcp, max(view.tcp[2], SAFE_Z)), view.yaw, view.gripper)
 
 
-def _pick(view: View, block: Block, yaw: float) -> list[Waypoint]:
+def _pick(block: Block, yaw: float) -> list[Waypoint]:
     grasp = _at(block.position, block.position[2] - GRASP_BELOW_CENTRE)
     above = _at(grasp, grasp[2] + 0.08)
     return [Waypoint(_at(grasp, SAFE_Z), yaw, OPEN), Waypoint(above, yaw, OPEN),
             Waypoint(grasp, yaw, OPEN, FINE), Waypoint(grasp, yaw, CLOSE, FINE, settle=8)]
-
-
-def _hold_offset(view: View, held: Block | None) -> float:
-    """Block centre height above the tcp while held (the grasp offset for a block not yet picked)."""
-    return held.position[2] - view.tcp[2] if held else GRASP_BELOW_CENTRE
 
 
 def _release(xy: np.ndarray, support_z: float, offset: float, yaw: float) -> list[Waypoint]:
@@ -192,10 +188,6 @@ def _grasp_and_move(handle: np.ndarray, shift: np.ndarray, yaw: float) -> list[W
             Waypoint(_at(end, SAFE_Z), yaw, OPEN)]
 
 
-def _table_push_height() -> float:
-    return L.TABLE_TOP + 0.015
-
-
 # --- planners: View -> waypoints -------------------------------------------------------------
 
 
@@ -205,11 +197,10 @@ def _plan_rotate(colour: str, sign: int) -> Callable[[View], list[Waypoint]]:
         turn = sign * np.pi / 2
         yaw = grasp_yaw(block, NEUTRAL_YAW - turn / 2)
         grasp = _at(block.position, block.position[2] - GRASP_BELOW_CENTRE)
-        lifted = _at(grasp, grasp[2] + 0.03)
-        return (_pick(view, block, yaw)
+        lifted, put_down = _at(grasp, grasp[2] + 0.03), _at(grasp, grasp[2] + 0.004)
+        return (_pick(block, yaw)
                 + [Waypoint(lifted, yaw, CLOSE, FINE), Waypoint(lifted, yaw + turn, CLOSE),
-                   Waypoint(_at(grasp, grasp[2] + 0.004), yaw + turn, CLOSE, FINE),
-                   Waypoint(_at(grasp, grasp[2] + 0.004), yaw + turn, OPEN, FINE, settle=6),
+                   Waypoint(put_down, yaw + turn, CLOSE, FINE), Waypoint(put_down, yaw + turn, OPEN, FINE, settle=6),
                    Waypoint(_at(grasp, SAFE_Z), yaw + turn, OPEN)])
     return plan
 
@@ -217,7 +208,7 @@ def _plan_rotate(colour: str, sign: int) -> Callable[[View], list[Waypoint]]:
 def _plan_push(colour: str, sign: int) -> Callable[[View], list[Waypoint]]:
     def plan(view: View) -> list[Waypoint]:
         block = view.block(colour)
-        start = _at(block.position, _table_push_height())
+        start = _at(block.position, PUSH_Z)
         start[0] -= sign * (block.half_extent(0) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE)
         end = start + np.array([sign * 0.17, 0.0, 0.0])
         return _push_along(start, end, NEUTRAL_YAW)
@@ -229,7 +220,7 @@ def _plan_lift(colour: str) -> Callable[[View], list[Waypoint]]:
         block = view.block(colour)
         yaw = grasp_yaw(block)
         prepare = _uncover(view, block) if view.in_cabinet(block) else _open_drawer_fully(view, block)
-        return prepare or _pick(view, block, yaw) + [Waypoint(_at(block.position, SAFE_Z), yaw, CLOSE)]
+        return prepare or _pick(block, yaw) + [Waypoint(_at(block.position, SAFE_Z), yaw, CLOSE)]
     return plan
 
 
@@ -308,12 +299,12 @@ def _held_or_pick(view: View, candidates: list[Block]) -> tuple[list[Waypoint], 
     """Waypoints that end with a block in hand, the block, its height above the tcp and the tcp yaw."""
     held = view.held()
     if held:
-        return [], held, _hold_offset(view, held), view.yaw
+        return [], held, held.position[2] - view.tcp[2], view.yaw
     if not candidates:
         raise Infeasible('no block in hand and none to pick up')
     block = candidates[0]
     yaw = grasp_yaw(block)
-    return _pick(view, block, yaw), block, GRASP_BELOW_CENTRE, yaw
+    return _pick(block, yaw), block, GRASP_BELOW_CENTRE, yaw
 
 
 def _table_blocks(view: View) -> list[Block]:
@@ -331,8 +322,9 @@ def _plan_place_in_slider(view: View) -> list[Waypoint]:
 
 def _plan_place_in_drawer(view: View) -> list[Waypoint]:
     """Into the part of the drawer that sticks out from under the desk (all of it once fully open)."""
-    if view.held() is None and _open_drawer_fully(view):
-        return _open_drawer_fully(view)
+    prepare = [] if view.held() else _open_drawer_fully(view)
+    if prepare:
+        return prepare
     start, _, offset, yaw = _held_or_pick(view, _table_blocks(view))
     centre = L.drawer_centre(view.drawer)
     exposed_middle = (centre[1] - L.DRAWER_INNER_HALF[1] + L.DESK_Y[0]) / 2
@@ -359,7 +351,7 @@ def _plan_unstack(view: View) -> list[Waypoint]:
     others = [b.position[:2] for b in view.blocks if b is not top]
     spot = max(FREE_SPOTS, key=lambda s: min(np.linalg.norm(np.subtract(s, o)) for o in others))
     yaw = grasp_yaw(top)
-    return (_pick(view, top, yaw)
+    return (_pick(top, yaw)
             + _release(np.array(spot), L.TABLE_TOP, GRASP_BELOW_CENTRE, yaw))
 
 
@@ -378,12 +370,12 @@ def _plan_push_into_drawer(view: View) -> list[Waypoint]:
     x = block.position[0]
     if not DRAWER_PUSH_X[0] <= x <= DRAWER_PUSH_X[1]:
         sign = 1 if x < DRAWER_PUSH_X[0] else -1
-        side = _at(block.position, _table_push_height())
+        side = _at(block.position, PUSH_Z)
         side[0] -= sign * (block.half_extent(0) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE)
         end = _at(side)
         end[0] = L.DRAWER_X - sign * (block.half_extent(0) + FINGER_HALF_THICKNESS)
         return _then_replan(_push_along(side, end, NEUTRAL_YAW))
-    start = _at(block.position, _table_push_height())
+    start = _at(block.position, PUSH_Z)
     start[1] += block.half_extent(1) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE
     end = _at(start)
     end[1] = L.DESK_Y[0] - 0.03
