@@ -19,6 +19,7 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.task import Future
 from rclpy.node import Node
@@ -294,7 +295,7 @@ def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     try:
         node = CalvinBridgeNode()
-    except (ValueError, OSError, ImportError) as error:
+    except (ValueError, OSError, ImportError, ParameterException) as error:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
         rclpy.try_shutdown()
         sys.exit(1)

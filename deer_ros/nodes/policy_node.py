@@ -24,6 +24,7 @@ from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -266,10 +267,6 @@ class PolicyNode(Node):
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         changed = {p.name: p.value for p in parameters}
-        if any(name in BUDGET_PARAMETERS for name in changed):
-            budget = budget_from({name: self.get_parameter(name).value for name in BUDGET_PARAMETERS})
-            self.runtime.apply(budget)
-            self.get_logger().info(f'budget in force: {self.runtime.describe()}')
         if 'max_input_age_s' in changed:
             self.controller.max_input_age_s = float(changed['max_input_age_s'])
         if 'on_stale_input' in changed:
@@ -278,6 +275,15 @@ class PolicyNode(Node):
             self.controller.require_new_frame = bool(changed['require_new_frame'])
         if 'frame_id' in changed:
             self.frame_id = changed['frame_id']
+        if any(name in BUDGET_PARAMETERS for name in changed):
+            budget = budget_from({name: self.get_parameter(name).value for name in BUDGET_PARAMETERS})
+            try:
+                self.runtime.apply(budget)
+            except Exception as error:  # noqa: BLE001 - validated, but a reload can still fail (checkpoint gone)
+                self.get_logger().error(f'budget {budget} validated but not applied ({error}); '
+                                        f'still in force: {self.runtime.describe()}')
+                return
+            self.get_logger().info(f'budget in force: {self.runtime.describe()}')
 
 
 def main(args: list[str] | None = None) -> None:
@@ -287,7 +293,8 @@ def main(args: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         node = PolicyNode()
-    except (ValueError, OSError, RuntimeError) as error:  # bad config, checkpoint or budget: say why, exit non-zero
+    # Bad config, checkpoint, budget or parameter type (e.g. 30 for a double): say why, exit non-zero.
+    except (ValueError, OSError, RuntimeError, ParameterException) as error:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
         rclpy.try_shutdown()
         sys.exit(1)

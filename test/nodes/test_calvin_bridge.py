@@ -65,8 +65,8 @@ def test_bridge_publishes_observations_and_steps_once_per_answer(start_node, rcl
     bridge = start_node(BRIDGE, params={'republish_period_s': 0.1, 'instruction': 'open the drawer'})
     robot = Robot(rclpy_context)
     with BackgroundSpinner(robot, context=rclpy_context):
-        assert wait_for(lambda: robot.latest('tcp_pose') is not None and robot.actions.get_subscription_count(),
-                        STARTUP_S), bridge.log
+        assert wait_for(lambda: robot.latest('tcp_pose') is not None and robot.latest('instruction') is not None
+                        and robot.actions.get_subscription_count(), STARTUP_S), bridge.log
         static, gripper = robot.latest('camera/static/image_raw'), robot.latest('camera/gripper/image_raw')
         assert (static.encoding, static.height, static.width) == ('rgb8', 200, 200)
         assert (gripper.encoding, gripper.height, gripper.width) == ('rgb8', 84, 84)
