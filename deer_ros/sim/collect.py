@@ -29,7 +29,7 @@ from deer_ros.sim.initial_state import initial_state
 from deer_ros.sim.interface import Obs
 from deer_ros.sim.language import training_instructions
 from deer_ros.sim.layout import SCENES
-from deer_ros.sim.sequences import SymbolicState, applicable_tasks, initial_states
+from deer_ros.sim.sequences import applicable_tasks, initial_states
 from deer_ros.sim.tasks import SUPPORTED_TASKS, TaskOracle
 
 

@@ -290,8 +290,8 @@ def _applicable(state: SymbolicState, tasks: tuple[str, ...]) -> list[tuple[str,
     return applicable_tasks(state, tasks)
 
 
-def generate_chains(tasks: Sequence[str], num_chains: int = DEFAULT_NUM_CHAINS, seed: int = DEFAULT_SEED,
-                    max_draws_per_state: int = 10_000) -> list[Chain]:
+def generate_chains(tasks: Sequence[str], num_chains: int = DEFAULT_NUM_CHAINS,
+                    seed: int = DEFAULT_SEED) -> list[Chain]:
     """The fixed chain list: distinct chains split evenly over the start states, shuffled under ``seed``.
 
     Take subsets of this list (``disjoint_subsets``) rather than generating a
@@ -300,19 +300,18 @@ def generate_chains(tasks: Sequence[str], num_chains: int = DEFAULT_NUM_CHAINS, 
     unknown = sorted(set(tasks) - set(TASK_RULES))
     if unknown:
         raise ValueError(f'no symbolic rule for tasks {unknown}')
-    tasks = sorted(set(tasks))
+    tasks = tuple(sorted(set(tasks)))
     states = initial_states()
     per_state = math.ceil(num_chains / len(states))
     chains: list[Chain] = []
     for index, state in enumerate(states):
         rng = np.random.default_rng([seed, index])
+        available = _count(state, frozenset(), CHAIN_LENGTH, tasks)
+        if available < per_state:
+            raise ValueError(f'only {available} distinct chains exist for {state.conditions()}, need {per_state}')
         found: dict[tuple[str, ...], None] = {}
-        for _ in range(max_draws_per_state):
-            if len(found) == per_state:
-                break
+        while len(found) < per_state:
             found.setdefault(sample_chain(state, tasks, rng))
-        else:
-            raise ValueError(f'only {len(found)} distinct chains exist for {state.conditions()}, need {per_state}')
         chains.extend(Chain(state, seq) for seq in found)
     order = np.random.default_rng(seed).permutation(len(chains))
     return [chains[i] for i in order[:num_chains]]

@@ -54,6 +54,8 @@ def test_chains_use_only_the_given_tasks() -> None:
     assert {task for chain in chains for task in chain.tasks} <= set(tasks)
     with pytest.raises(ValueError, match='no symbolic rule'):
         generate_chains(['fly_to_the_moon'])
+    with pytest.raises(ValueError, match='only 0 distinct chains'):  # 4 categories cannot fill 5 slots
+        generate_chains(tasks[:8], num_chains=10)
 
 
 def test_disjoint_subsets_share_no_chain(chains: list[Chain]) -> None:
