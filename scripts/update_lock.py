@@ -25,21 +25,22 @@ HEADER = """\
 """
 
 
-def _key(name: str) -> str:
+def normalise(name: str) -> str:
+    """PEP 503 name normalisation, so `PyYAML`, `pyyaml` and `py_yaml` compare equal."""
     return re.sub(r'[-_.]+', '-', name).lower()
 
 
 def lock_lines(freeze: list[str], no_deps: set[str]) -> list[str]:
-    pins = {_key(line.split('==')[0]): line for line in freeze if '==' in line}
+    pins = {normalise(line.split('==')[0]): line for line in freeze if '==' in line}
     keep = [line for key, line in pins.items()
             if key != 'pip' and key not in no_deps and not (not key.startswith('ros-') and f'ros-{key}' in pins)]
-    return sorted(keep, key=lambda line: _key(line.split('==')[0]))
+    return sorted(keep, key=lambda line: normalise(line.split('==')[0]))
 
 
 def main() -> int:
     freeze = subprocess.run([sys.executable, '-m', 'pip', 'freeze', '--all', '--exclude-editable'],
                             check=True, capture_output=True, text=True).stdout.splitlines()
-    no_deps = {_key(line.split('==')[0]) for line in (REQUIREMENTS / 'no-deps.txt').read_text().splitlines()
+    no_deps = {normalise(line.split('==')[0]) for line in (REQUIREMENTS / 'no-deps.txt').read_text().splitlines()
                if '==' in line and not line.startswith('#')}
     lines = lock_lines(freeze, no_deps)
     (REQUIREMENTS / 'lock.txt').write_text(HEADER + '\n'.join(lines) + '\n')

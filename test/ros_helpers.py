@@ -209,9 +209,6 @@ class BackgroundSpinner:
         except BaseException as error:  # surfaced in __exit__, not lost in the thread
             self.error = error
 
-    def add_node(self, node: Any) -> None:
-        self.executor.add_node(node)
-
     def __enter__(self) -> BackgroundSpinner:
         self._thread.start()
         return self

