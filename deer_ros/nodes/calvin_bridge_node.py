@@ -124,7 +124,8 @@ class CalvinBridgeNode(Node):
         self.instruction_pub = self.create_publisher(String, 'instruction', latched)
         self.chain_pub = self.create_publisher(String, 'evaluation/chain_result', 100)
         self.summary_pub = self.create_publisher(String, 'evaluation/summary', latched)
-        self.create_subscription(ArmAction, 'arm_action', self._on_action, 10, callback_group=group)
+        self.action_sub = self.create_subscription(ArmAction, 'arm_action', self._on_action, 10,
+                                                   callback_group=group)
         self.create_subscription(ExitStats, 'exit_stats', self._on_exit_stats, 100, callback_group=group)
         self.create_service(Trigger, '~/start_evaluation', self._on_start_evaluation, callback_group=group)
         self.reset_client = self.create_client(Trigger, 'deer_policy/reset', callback_group=group)
@@ -244,6 +245,17 @@ class CalvinBridgeNode(Node):
             action = policy.step(obs, self.get_parameter('instruction').value)
             obs, *_ = sim.env.step(action)
 
+    def _wait_for_policy(self) -> None:
+        """Until some node publishes actions: a policy launched with the bridge may take minutes to load its model."""
+        topic = self.action_sub.topic_name
+        while self.count_publishers(topic) == 0:
+            if self._stop.wait(0.5):
+                raise Interrupted()
+            self.get_logger().info(f'waiting for a policy publishing on {topic}', throttle_duration_sec=10.0)
+        if not self.reset_client.wait_for_service(timeout_sec=5.0):
+            self.get_logger().warning(f'{self.reset_client.srv_name} not available: evaluating without policy '
+                                      'resets')
+
     def _run_evaluation(self, sim: Simulator) -> None:
         self.evaluating = True
         self._evaluate.clear()
@@ -254,10 +266,7 @@ class CalvinBridgeNode(Node):
         try:
             [chains] = disjoint_subsets(generate_chains(self.tasks, DEFAULT_NUM_CHAINS, seed), [num], offset)
             policy = self._policy(self._stop.is_set)
-            # A policy launched together with the bridge may still be loading its model.
-            if not self.reset_client.wait_for_service(timeout_sec=policy.timeout):
-                self.get_logger().warning(f'{self.reset_client.srv_name} not up after {policy.timeout:g} s: '
-                                          'evaluating without policy resets')
+            self._wait_for_policy()
             self.get_logger().info(f'evaluating {len(chains)} chains from offset {offset}')
             for index, chain in enumerate(chains, start=offset):
                 policy.executed.clear()

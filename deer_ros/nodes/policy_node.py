@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import rclpy
 import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -33,7 +34,6 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
-from diagnostic_msgs.msg import DiagnosticArray
 
 from deer_ros.budget.caps import Budget
 from deer_ros.budget.solver import BudgetError
