@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'evaluate': ('deer_ros.sim.evaluate_cli', 'Run CALVIN-style 5-instruction chain evaluation.'),
     'train': ('deer_ros.train.cli', 'Multi-exit training on CALVIN-format data.'),
     'calibrate': ('deer_ros.budget.calibrate_cli', 'Collect consistency values for budget solving.'),
+    'refine': ('deer_ros.budget.refine_cli', 'Refine a budget\'s thresholds by Bayesian optimisation on simulator chains.'),
 }
 
 

@@ -49,13 +49,17 @@ class ChainPolicyFactory:
 
     source: str
     budget: Budget = field(default_factory=Budget)
+    thresholds: tuple[float, ...] | None = None
     device: str = 'cpu'
     threads: int = 1
 
     def __call__(self, env: object = None) -> ChainPolicy:
         import torch
         torch.set_num_threads(self.threads)
-        return ChainPolicy(PolicyRuntime(self.source, device=self.device, budget=self.budget))
+        runtime = PolicyRuntime(self.source, device=self.device, budget=self.budget)
+        if self.thresholds is not None:
+            runtime.use_thresholds(np.asarray(self.thresholds))
+        return ChainPolicy(runtime)
 
 
 def peak_from_histogram(step_stats: dict[str, float], per_exit_cost: list[float] | tuple[float, ...]) -> float:
@@ -67,4 +71,4 @@ def peak_from_histogram(step_stats: dict[str, float], per_exit_cost: list[float]
 def deer_policy(env: object = None, source: str = 'tiny', avg_gflops: float | None = None,
                 peak_gflops: float | None = None, device: str = 'cpu') -> ChainPolicy:
     """Entry point for ``deer-ros evaluate --policy deer_ros.policy.chain_policy:deer_policy --policy-kwargs '{...}'``."""
-    return ChainPolicyFactory(source, Budget(avg_gflops=avg_gflops, peak_gflops=peak_gflops), device)(env)
+    return ChainPolicyFactory(source, Budget(avg_gflops=avg_gflops, peak_gflops=peak_gflops), device=device)(env)

@@ -26,6 +26,7 @@ import torch
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
 from deer_ros.budget.caps import Budget, BudgetSolution, CostKind, exit_costs, solve_budget
 from deer_ros.budget.collect import collect_calibration
+from deer_ros.budget.refined import find_refined, load_refined, refined_path
 from deer_ros.budget.solver import feasible_range
 from deer_ros.model import DeerConfig, DeerVLA, load_config, load_model
 from deer_ros.model.cost import CostTable
@@ -33,7 +34,7 @@ from deer_ros.model.flops import cost_table_for
 from deer_ros.model.modeling_deer import CONFIG_NAME
 from deer_ros.model.tokenization import InstructionTokenizer
 from deer_ros.policy.early_exit import EarlyExitPolicy
-from deer_ros.policy.exit_criterion import check_metric
+from deer_ros.policy.exit_criterion import ExitCriterion, check_metric
 from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, PROPRIO_DIM, STATIC_CAMERA_SHAPE, Action, ExitInfo, Observation
 from deer_ros.sim.dataset import Window
 from deer_ros.sim.language import TASK_LANGUAGE
@@ -108,6 +109,7 @@ class PolicyRuntime:
             raise ValueError(f'{self.config.name}: models with use_proprio=True need CALVIN robot_obs, '
                              'which the ROS inputs (JointState) do not carry; not supported by the runtime')
         self.cost_table: CostTable = cost_table_for(self.config)
+        self.refined = load_refined(refined_path(self.checkpoint)) if self.checkpoint is not None else []
         self.calibration = self._calibration_file(metric)
         self.calibration_source = str(calibration_path(self.checkpoint)) if self.calibration else 'synthetic'
         if self.calibration is None:
@@ -163,10 +165,25 @@ class PolicyRuntime:
     def solve(self, budget: Budget) -> BudgetSolution:
         """Cap and thresholds for ``budget`` on the full model; no side effects.
 
+        Thresholds refined by ``deer-ros refine`` for exactly this budget replace
+        the offline ones.
+
         Raises:
             BudgetError: an infeasible budget; the message gives the feasible range.
         """
-        return solve_budget(budget, self.cost_table, self.calibration, kind=self.cost_kind)
+        solution = solve_budget(budget, self.cost_table, self.calibration, kind=self.cost_kind)
+        refined = find_refined(self.refined, budget.avg_gflops, solution.cap, self.cost_kind)
+        if refined is None:
+            return solution
+        criterion = ExitCriterion(np.asarray(refined.thresholds), self.calibration.metric)
+        return dataclasses.replace(solution, criterion=criterion)
+
+    def use_thresholds(self, thresholds: np.ndarray) -> None:
+        """Run the live cap with explicit thresholds (threshold search); the next budget change replaces them."""
+        with self._lock:
+            criterion = ExitCriterion(np.asarray(thresholds, dtype=np.float64), self.calibration.metric)
+            self._policy.set_criterion(criterion)
+            self.solution = dataclasses.replace(self.solution, criterion=criterion)
 
     def apply(self, budget: Budget) -> BudgetSolution:
         """Put ``budget`` in force: truncate for a lower cap, reload for a higher one, else swap thresholds.
