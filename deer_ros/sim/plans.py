@@ -340,7 +340,15 @@ def _plan_stack(view: View) -> list[Waypoint]:
     return start + _release(bases[-1].position[:2], bases[-1].top, offset, yaw)
 
 
-FREE_SPOTS = tuple((x, y) for x in (-0.15, 0.0, 0.15, 0.3) for y in (-0.22, -0.1))
+# Where an unstacked block goes: the slot lane, from which later pushes (±0.17 m) and rotations stay
+# clear of the button, the switch and the desk edges.
+FREE_SPOTS = ((-0.02, -0.12), (0.05, -0.12), (0.14, -0.12), (0.23, -0.12))
+
+
+def _free_spot(view: View, moving: Block) -> np.ndarray:
+    """The free spot farthest from the other blocks."""
+    others = [b.position[:2] for b in view.blocks if b is not moving]
+    return np.array(max(FREE_SPOTS, key=lambda s: min(np.linalg.norm(np.subtract(s, o)) for o in others)))
 
 
 def _plan_unstack(view: View) -> list[Waypoint]:
@@ -348,11 +356,27 @@ def _plan_unstack(view: View) -> list[Waypoint]:
     if stack is None:
         raise Infeasible('no stack')
     top, _ = stack
-    others = [b.position[:2] for b in view.blocks if b is not top]
-    spot = max(FREE_SPOTS, key=lambda s: min(np.linalg.norm(np.subtract(s, o)) for o in others))
     yaw = grasp_yaw(top)
-    return (_pick(top, yaw)
-            + _release(np.array(spot), L.TABLE_TOP, GRASP_BELOW_CENTRE, yaw))
+    return _pick(top, yaw) + _release(_free_spot(view, top), L.TABLE_TOP, GRASP_BELOW_CENTRE, yaw)
+
+
+PUT_DOWN_AREA = ((-0.1, 0.3), (-0.25, -0.05))  # x and y ranges of desk spots clear of button and switch
+PUT_DOWN_OFFSETS = (0.0, 0.07, -0.07, 0.1, -0.1)
+
+
+def _put_down(view: View, held: Block) -> list[Waypoint]:
+    """Set a held block down on the desk, as close below it as there is room.
+
+    A chain judges lift and unstack done while the block is still in the air, and the next task (a
+    rotation, say) is measured from there, so the block should land near where it was held.
+    """
+    others = [b.position[:2] for b in view.blocks if b is not held]
+    candidates = [held.position[:2] + (dx, 0.0) for dx in PUT_DOWN_OFFSETS] + [np.array(s) for s in FREE_SPOTS]
+    (x0, x1), (y0, y1) = PUT_DOWN_AREA
+    free = [c for c in candidates if x0 <= c[0] <= x1 and y0 <= c[1] <= y1
+            and all(np.linalg.norm(c - o) >= 0.075 for o in others)]
+    spot = min(free, key=lambda c: np.linalg.norm(c - held.position[:2])) if free else _free_spot(view, held)
+    return _then_replan(_release(spot, L.TABLE_TOP, held.position[2] - view.tcp[2], view.yaw))
 
 
 DRAWER_PUSH_X = (L.DRAWER_X - 0.1, L.DRAWER_X + 0.1)  # a block pushed off the edge here lands inside
@@ -403,8 +427,17 @@ def _planners() -> dict[str, Callable[[View], list[Waypoint]]]:
 PLANNERS = _planners()
 
 
+HELD_BLOCK_TASKS = frozenset({'place_in_slider', 'place_in_drawer', 'stack_block'})
+
+
 def plan(task: str, view: View) -> list[Waypoint]:
-    """Waypoints that achieve ``task`` from the state in ``view``; none when the scene does not allow it."""
+    """Waypoints that achieve ``task`` from the state in ``view``; none when the scene does not allow it.
+
+    Every task but placing and stacking starts with an empty hand, so a held block is put down first.
+    """
+    held = view.held()
+    if held and task not in HELD_BLOCK_TASKS:
+        return _put_down(view, held)
     try:
         return PLANNERS[task](view)
     except Infeasible:
