@@ -8,7 +8,8 @@ import pytest
 
 from deer_ros.sim.env import PlayTableEnv
 from deer_ros.sim.expert import ScriptedExpert
-from deer_ros.sim.scenarios import run_episode
+from deer_ros.sim.initial_state import initial_state
+from deer_ros.sim.scenarios import run_episode, run_task
 
 
 @pytest.fixture(scope='module')
@@ -25,6 +26,21 @@ def env() -> Iterator[PlayTableEnv]:
 def test_expert_solves_task_from_a_random_start(env: PlayTableEnv, task: str, seed: int) -> None:
     success, steps = run_episode(env, ScriptedExpert(env), task, np.random.default_rng(seed))
     assert success and steps <= 200
+
+
+@pytest.mark.parametrize('tasks', [
+    ('move_slider_left', 'lift_blue_block_slider'),  # door stops half way, over the block: slid off first
+    ('open_drawer', 'lift_red_block_table', 'place_in_drawer'),  # drawer only just 'open': block still goes in
+])
+def test_expert_continues_from_where_the_previous_task_was_judged_done(env: PlayTableEnv,
+                                                                       tasks: tuple[str, ...]) -> None:
+    conditions = {'led': 0, 'lightbulb': 0, 'slider': 'right', 'drawer': 'closed', 'red_block': 'table',
+                  'blue_block': 'slider_right', 'pink_block': 'slider_left', 'grasped': 0}
+    obs = env.reset(*initial_state(conditions, np.random.default_rng(0), 'D'))
+    expert = ScriptedExpert(env)
+    for task in tasks:
+        success, _, obs = run_task(env, expert, task, obs)
+        assert success, task
 
 
 def test_expert_adapts_to_another_scene_layout() -> None:
