@@ -4,7 +4,9 @@ Each part of one control step (batch 1) runs once under ``FlopCounterMode``:
 both cameras' vision encoders + resamplers, the decoder group by group up to
 every exit, and one action-head step. Counting works on the meta device too,
 so the paper-sized config is counted without allocating its weights.
-Results are cached per config fingerprint in memory and on disk.
+Results are cached in memory and on disk, keyed by the config fingerprint
+and a hash of the modeling and counting code, so a code change that moves
+the numbers never serves a stale table.
 
 ``FlopCounterMode`` does not know the CPU flash-attention kernel that
 ``scaled_dot_product_attention`` dispatches to on CPU, so its formula is
@@ -13,7 +15,9 @@ registered here (the same count torch uses for the CUDA kernels).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
@@ -75,9 +79,15 @@ def count_cost_table(model: DeerVLA) -> CostTable:
     return CostTable(model.exit_layers, tuple(llm_gflops), vision_gflops, head_gflops, param_bytes)
 
 
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    sources = [Path(__file__), Path(__file__).with_name('modeling_deer.py'), Path(__file__).with_name('cost.py')]
+    return hashlib.sha256(b''.join(path.read_bytes() for path in sources)).hexdigest()[:12]
+
+
 @functools.lru_cache(maxsize=16)
 def _cached_cost_table(fingerprint: str, config_json: str) -> CostTable:
-    path = cache_dir() / 'costs' / f'{fingerprint}.json'
+    path = cache_dir() / 'costs' / f'{fingerprint}-{_code_fingerprint()}.json'
     if path.is_file():
         return CostTable.from_json(path)
     config = DeerConfig.from_dict(json.loads(config_json))
