@@ -383,7 +383,7 @@ DRAWER_PUSH_X = (L.DRAWER_X - 0.1, L.DRAWER_X + 0.1)  # a block pushed off the e
 
 
 def _plan_push_into_drawer(view: View) -> list[Waypoint]:
-    """Open the drawer fully, slide the block sideways over it if needed, then push it off the desk edge."""
+    """Open the drawer fully, slide the block over it if needed, then push it off the desk edge."""
     table = _table_blocks(view)
     if not table:
         raise Infeasible('no block on the table')
@@ -403,7 +403,8 @@ def _plan_push_into_drawer(view: View) -> list[Waypoint]:
     start[1] += block.half_extent(1) + FINGER_HALF_THICKNESS + PUSH_CLEARANCE
     end = _at(start)
     end[1] = L.DESK_Y[0] - 0.03
-    return _push_along(start, end, NEUTRAL_YAW)
+    # A long block can turn on the narrow pusher and stay on the desk: look again and push again.
+    return _then_replan(_push_along(start, end, NEUTRAL_YAW))
 
 
 def _planners() -> dict[str, Callable[[View], list[Waypoint]]]:
