@@ -14,8 +14,9 @@ and realised-versus-requested budget error.
         --output runs/tradeoff
     .venv/bin/python benchmarks/tradeoff.py --reduced --output /tmp/tradeoff   # CI smoke run
 
-Reporting chains start at ``--offset`` (default 500) of the fixed chain list,
-disjoint from the first chains that threshold refinement tunes on.
+Reporting chains start at ``--offset`` (default 0, DeeR's reporting slice is
+chains 0..223) of the fixed chain list; ``deer-ros refine`` tunes on chains
+from 224 on, so the two never overlap.
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--source', default='tiny', help='checkpoint directory (with calibration) or config name')
     parser.add_argument('--chains', type=int, default=50)
-    parser.add_argument('--offset', type=int, default=500, help='first reporting chain (BO tunes on chains < 500)')
+    parser.add_argument('--offset', type=int, default=0, help='first reporting chain (refinement tunes on 224..)')
     parser.add_argument('--budgets', type=float, nargs='*', default=None, help='average LLM GFLOPs budgets')
     parser.add_argument('--num-budgets', type=int, default=5)
     parser.add_argument('--workers', type=int, default=1)

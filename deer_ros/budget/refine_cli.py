@@ -2,8 +2,8 @@
 
 Starts from the offline thresholds of ``--avg-gflops`` (solved from the
 checkpoint's calibration file), evaluates candidate thresholds on *tuning*
-chains (by default the first chains of the fixed list; reports use chains from
-500 on, see ``benchmarks/tradeoff.py``), and writes the best point to
+chains (by default chains 224.. of the fixed list; reports use chains 0..223,
+DeeR's reporting slice, see ``benchmarks/tradeoff.py``), and writes the best point to
 ``refined_thresholds.json`` beside the checkpoint, where the policy runtime
 and node pick it up for exactly that budget. Resumable: the BO state file
 keeps every evaluated point.
@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', required=True, type=Path, help='checkpoint directory with calibration.npz')
     parser.add_argument('--avg-gflops', required=True, type=float, help='average LLM GFLOPs budget to refine')
     parser.add_argument('--chains', type=int, default=32, help='tuning chains per evaluation')
-    parser.add_argument('--offset', type=int, default=0, help='first tuning chain (keep clear of reporting chains)')
+    parser.add_argument('--offset', type=int, default=224,
+                        help='first tuning chain; reporting uses chains 0..223, keep the slices disjoint')
     parser.add_argument('--n-calls', type=int, default=20, help='evaluations in total (upstream: 20)')
     parser.add_argument('--initial-points', type=int, default=5)
     parser.add_argument('--penalty', type=float, default=1.0, help='lambda: success lost per GFLOP over budget')
