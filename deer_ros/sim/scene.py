@@ -130,10 +130,13 @@ class Scene:
         self._specs = _links(config)
         self.link_index = {'base_link': -1, **{spec.name: i for i, spec in enumerate(self._specs)}}
         self._joint = {name: self.link_index[f'{name}_link'] for name in ('slide', 'drawer', 'button', 'switch')}
-        # The floor is collision-only: cameras paint empty pixels in the floor colour instead, which
-        # spares the renderer a full-screen polygon (about a third of the static camera's time).
+        # The floor is not drawn: cameras paint empty pixels in the floor colour instead, which spares the
+        # renderer a full-screen polygon (a third of the static camera's time). Its visual is a speck
+        # hidden under it, as pybullet draws the collision box of a body that has no visual at all.
         self.floor_uid = client.createMultiBody(
-            0, client.createCollisionShape(client.GEOM_BOX, halfExtents=(3.0, 3.0, 0.01)), -1, (0, 0, -0.01))
+            0, client.createCollisionShape(client.GEOM_BOX, halfExtents=(3.0, 3.0, 0.01)),
+            client.createVisualShape(client.GEOM_BOX, halfExtents=(1e-3,) * 3, visualFramePosition=(0, 0, -0.5)),
+            (0, 0, -0.01))
         self._static_body(_frame_parts())
         self.uid = self._build_desk(config)
         self.block_uids = {name: self._block(colour, size)
