@@ -8,7 +8,8 @@
 #      evaluation.json into deer_ros/pretrained/tiny/
 #
 # Knobs (environment variables, defaults in brackets): WORK [runs/default_policy], DEMOS [400],
-# CHAIN_LENGTH [1], JOINT_STEPS [1500], HEAD_STEPS [300], BATCH [4], CHAINS [32], THREADS [1], SEED [1].
+# CHAIN_LENGTH [1], JOINT_STEPS [1500], HEAD_STEPS [300], BATCH [4], CHAINS [32], THREADS [1], SEED [1],
+# INSTALL_DIR [deer_ros/pretrained/tiny].
 # Re-running skips a finished collection and resumes an interrupted training run.
 # CHAIN_LENGTH=1 records every demo from a fresh start state: longer rollouts can reach a state in which
 # `deer-ros collect` finds no applicable task and stops with "high <= 0".
@@ -27,7 +28,7 @@ BATCH="${BATCH:-4}"
 CHAINS="${CHAINS:-32}"
 THREADS="${THREADS:-1}"
 SEED="${SEED:-1}"
-DEST="$ROOT/deer_ros/pretrained/tiny"
+DEST="${INSTALL_DIR:-$ROOT/deer_ros/pretrained/tiny}"
 mkdir -p "$WORK"
 SECONDS=0
 
