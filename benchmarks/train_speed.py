@@ -32,7 +32,7 @@ def random_batch(objective: MultiExitObjective, windows: int, steps: int, device
              'pose': torch.rand(windows, steps, 6) * 2 - 1, 'gripper': torch.randint(0, 2, (windows, steps)).float(),
              'input_ids': ids, 'text_mask': mask}
     if objective.model.config.use_proprio:
-        batch['proprio'] = torch.randn(windows, steps, 15)
+        batch['robot_obs'] = torch.randn(windows, steps, 15)
     return {key: value.to(device) for key, value in batch.items()}
 
 

@@ -8,9 +8,11 @@
 #      evaluation.json into deer_ros/pretrained/tiny/
 #
 # Knobs (environment variables, defaults in brackets): WORK [runs/default_policy], DEMOS [400],
-# CHAIN_LENGTH [1], JOINT_STEPS [1500], HEAD_STEPS [300], BATCH [4], CHAINS [32], THREADS [1], SEED [1],
+# CHAIN_LENGTH [1], JOINT_STEPS [2000], HEAD_STEPS [300], BATCH [4], CHAINS [32], THREADS [1], SEED [1],
 # INSTALL_DIR [deer_ros/pretrained/tiny].
 # Re-running skips a finished collection and resumes an interrupted training run.
+# --state-weight 1: the tiny model's vision stack starts from random weights; without the robot-state
+# auxiliary it stayed blind (docs/training.md, section 4).
 # CHAIN_LENGTH=1 records every demo from a fresh start state: longer rollouts can reach a state in which
 # `deer-ros collect` finds no applicable task and stops with "high <= 0".
 set -euo pipefail
@@ -22,7 +24,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 WORK="${WORK:-runs/default_policy}"
 DEMOS="${DEMOS:-400}"
 CHAIN_LENGTH="${CHAIN_LENGTH:-1}"
-JOINT_STEPS="${JOINT_STEPS:-1500}"
+JOINT_STEPS="${JOINT_STEPS:-2000}"
 HEAD_STEPS="${HEAD_STEPS:-300}"
 BATCH="${BATCH:-4}"
 CHAINS="${CHAINS:-32}"
@@ -44,7 +46,7 @@ echo "== collect done at ${SECONDS}s"
 echo "== train: $JOINT_STEPS joint + $HEAD_STEPS head steps"
 "$PY" -m deer_ros.cli train --data "$WORK/data" --output "$WORK/train" --model tiny \
   --joint-steps "$JOINT_STEPS" --head-steps "$HEAD_STEPS" --batch-size "$BATCH" \
-  --lr 5e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 100 --schedule cosine \
+  --lr 5e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 100 --schedule cosine --state-weight 1 \
   --log-every 25 --eval-every 250 --save-every 250 --val-windows 64 --calibration-windows 256 \
   --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume
 echo "== train done at ${SECONDS}s"

@@ -2,8 +2,8 @@
 
 A resume point is a directory (``OUTPUT/last``): ``config.json`` +
 ``model.safetensors`` written by ``DeerVLA.save_pretrained`` (so it also
-loads as a policy), ``aux_heads.safetensors`` (training-only heads, kept out
-of the model file) and ``trainer_state.pt``. It is written to a temporary
+loads as a policy), ``training_heads.safetensors`` (aux heads and state probe,
+kept out of the model file) and ``trainer_state.pt``. It is written to a temporary
 directory and swapped in, so a crash while saving keeps the previous one.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from deer_ros.model.modeling_deer import DeerVLA
 
 from .objective import MultiExitObjective
 
-AUX_HEADS_FILE = 'aux_heads.safetensors'
+TRAINING_HEADS_FILE = 'training_heads.safetensors'
 STATE_FILE = 'trainer_state.pt'
 
 
@@ -39,8 +39,8 @@ def save_resume_point(directory: Path, objective: MultiExitObjective, point: Res
     staging = directory.with_name(directory.name + '.tmp')
     shutil.rmtree(staging, ignore_errors=True)
     objective.model.save_pretrained(staging)
-    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in objective.aux_heads.state_dict().items()},
-              str(staging / AUX_HEADS_FILE))
+    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in objective.training_state().items()},
+              str(staging / TRAINING_HEADS_FILE))
     torch.save({'stage': point.stage, 'step': point.step, 'global_step': point.global_step, **point.state},
                staging / STATE_FILE)
     retired = directory.with_name(directory.name + '.old')
@@ -51,11 +51,11 @@ def save_resume_point(directory: Path, objective: MultiExitObjective, point: Res
 
 
 def load_resume_point(directory: Path, device: torch.device) -> tuple[DeerVLA, dict[str, torch.Tensor], ResumePoint]:
-    """The saved model (on ``device``), the auxiliary heads' tensors and the trainer state."""
+    """The saved model (on ``device``), the training-only modules' tensors and the trainer state."""
     model = DeerVLA.from_pretrained(directory, device=device)
-    aux_heads = load_file(str(directory / AUX_HEADS_FILE), device=str(device))
+    training_heads = load_file(str(directory / TRAINING_HEADS_FILE), device=str(device))
     state = torch.load(directory / STATE_FILE, map_location='cpu', weights_only=True)
-    return model, aux_heads, ResumePoint(state.pop('stage'), state.pop('step'), state.pop('global_step'), state)
+    return model, training_heads, ResumePoint(state.pop('stage'), state.pop('step'), state.pop('global_step'), state)
 
 
 def has_resume_point(directory: Path) -> bool:

@@ -26,6 +26,8 @@ _HELP = {
     'lr': 'backbone learning rate in the joint stage',
     'head_lr_scale': 'heads learning rate = lr * this, in the joint stage',
     'head_stage_lr': 'shared-head learning rate in the heads stage',
+    'state_weight': 'weight of an auxiliary robot-state regression from the camera tokens in the joint stage '
+                    '(not upstream; helps a vision stack trained from scratch); 0 = off',
     'freeze': f'parameter groups frozen in the joint stage ({", ".join(GROUPS)}); '
               'default: a pretrained decoder and its embeddings when the model config says freeze_pretrained; '
               'a bare --freeze trains everything',

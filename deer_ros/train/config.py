@@ -37,6 +37,7 @@ class TrainConfig:
     schedule: str = 'constant'          # after warm-up: constant (upstream) or cosine to 0
     grad_clip: float = 1.0
     gripper_weight: float = 0.01
+    state_weight: float = 0.0           # robot-state probe on the visual tokens (joint stage); 0 = off, as upstream
     static_pad: int = 10
     gripper_pad: int = 4
     freeze: list[str] | None = None     # parameter groups frozen in the joint stage; None = model default
@@ -62,7 +63,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('joint_steps', 'head_steps', 'warmup_steps', 'val_windows', 'calibration_windows',
-                     'static_pad', 'gripper_pad', 'num_workers', 'threads'):
+                     'static_pad', 'gripper_pad', 'num_workers', 'threads', 'state_weight'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
 

@@ -21,13 +21,13 @@ from deer_ros.sim.dataset import LanguageWindows
 Batch = dict[str, torch.Tensor]
 
 
-def window_keys(use_proprio: bool) -> tuple[str, ...]:
-    """Frame keys read from disk; ``robot_obs`` only for models that take proprioception."""
-    return ('rgb_static', 'rgb_gripper', 'rel_actions') + (('robot_obs',) if use_proprio else ())
+def window_keys(robot_obs: bool) -> tuple[str, ...]:
+    """Frame keys read from disk; ``robot_obs`` only when the model or a training loss uses it."""
+    return ('rgb_static', 'rgb_gripper', 'rel_actions') + (('robot_obs',) if robot_obs else ())
 
 
 class ActionWindows(Dataset):
-    """``LanguageWindows`` items as arrays the model trains on: images, optional proprio, pose and gripper targets."""
+    """``LanguageWindows`` items as arrays the model trains on: images, optional robot state, pose and gripper targets."""
 
     def __init__(self, windows: LanguageWindows) -> None:
         if 'rel_actions' not in windows.keys:
@@ -44,7 +44,7 @@ class ActionWindows(Dataset):
                   'pose': np.clip(actions[:, :6], -1.0, 1.0), 'gripper': (actions[:, 6] > 0).astype(np.float32),
                   'instruction': window.instruction}
         if 'robot_obs' in window.frames:
-            sample['proprio'] = window.frames['robot_obs'].astype(np.float32)
+            sample['robot_obs'] = window.frames['robot_obs'].astype(np.float32)
         return sample
 
 
@@ -89,9 +89,16 @@ class EpochBatchSampler(Sampler[list[int]]):
             epoch, offset = epoch + 1, 0
 
 
-def open_split(root: Path, split: str, window: int, stride: int, use_proprio: bool) -> ActionWindows:
+def open_split(root: Path, split: str, window: int, stride: int, robot_obs: bool) -> ActionWindows:
     """Windows of ``root/split`` (``training`` or ``validation``), reading only the keys the model uses."""
     split_dir = Path(root) / split
     if not (split_dir / 'lang_annotations').is_dir():
         raise FileNotFoundError(f'{split_dir} is not a CALVIN-format split (no lang_annotations/)')
-    return ActionWindows(LanguageWindows(split_dir, window=window, stride=stride, keys=window_keys(use_proprio)))
+    return ActionWindows(LanguageWindows(split_dir, window=window, stride=stride, keys=window_keys(robot_obs)))
+
+
+def state_statistics(dataset: ActionWindows, windows: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (floored at 1e-3) of ``robot_obs`` over evenly spaced windows, to standardise state targets."""
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(windows, len(dataset))).astype(int))
+    states = np.concatenate([dataset[int(i)]['robot_obs'] for i in picks])
+    return states.mean(axis=0), np.maximum(states.std(axis=0), 1e-3)

@@ -4,12 +4,14 @@ The shared head must act on histories built from whatever exits dynamic
 inference happened to take, so DeeR trains it on two kinds of mixed
 histories: (s1) an independent random exit at every step, and (s2) one
 random exit up to a random switch point and another after it. Auxiliary
-heads, one per exit, shape each exit's features for acting; they are used
-only in training and never shipped.
+heads, one per exit, shape each exit's features for acting, and the optional
+state probe shapes the visual tokens; they are used only in training and
+never shipped.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deer_ros.model.configuration_deer import HeadConfig
@@ -43,3 +45,30 @@ class AuxiliaryHeads(nn.ModuleList):
 
     def __init__(self, config: HeadConfig, feature_dim: int, num_exits: int) -> None:
         super().__init__(ActionHead(config, feature_dim) for _ in range(num_exits))
+
+
+class StateProbe(nn.Module):
+    """Linear read-out of the standardised robot state (CALVIN ``robot_obs``) from one frame's camera tokens.
+
+    An optional training-only auxiliary (not in upstream DeeR). A randomly
+    initialised vision stack behind zero-initialised cross-attention gates
+    gets almost no gradient from the action loss, and the model settles on
+    the instruction's average action; regressing the arm state from the
+    camera tokens gives the vision stack a direct signal from the first step.
+    """
+
+    def __init__(self, camera_tokens: int, token_dim: int, state_dim: int = 15) -> None:
+        super().__init__()
+        self.camera_tokens = camera_tokens
+        self.linear = nn.Linear(camera_tokens * token_dim, state_dim)
+        self.register_buffer('mean', torch.zeros(state_dim))
+        self.register_buffer('std', torch.ones(state_dim))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def loss(self, visual: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """MSE between the prediction from ``visual`` (N, V, D) and the standardised ``state`` (N, state_dim)."""
+        prediction = self.linear(visual[:, :self.camera_tokens].flatten(1).float())
+        return F.mse_loss(prediction, (state.float() - self.mean) / self.std)

@@ -22,7 +22,7 @@ def build_optimizer(objective: MultiExitObjective, config: TrainConfig) -> torch
     model = objective.model
     if objective.stage == 'joint':
         parts = [(list(group_modules(model, BACKBONE_GROUPS)), config.lr),
-                 ([model.action_head, objective.aux_heads], config.lr * config.head_lr_scale)]
+                 ([model.action_head, *objective.training_heads()], config.lr * config.head_lr_scale)]
     else:
         parts = [([model.action_head], config.head_stage_lr)]
     groups = []

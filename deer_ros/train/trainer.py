@@ -32,7 +32,7 @@ from deer_ros.sim.dataset import LanguageWindows
 from .augment import augment_batch
 from .checkpoint import ResumePoint, has_resume_point, load_resume_point, save_resume_point
 from .config import STAGES, TrainConfig
-from .data import Batch, EpochBatchSampler, WindowCollator, open_split
+from .data import Batch, EpochBatchSampler, WindowCollator, open_split, state_statistics
 from .distributed import DistContext, init_distributed, shutdown_distributed
 from .heads import per_step_exits
 from .metrics import MetricsLog
@@ -75,19 +75,22 @@ class Trainer:
         self.output.mkdir(parents=True, exist_ok=True)
         self.point: ResumePoint | None = None
         if resume and has_resume_point(self.output / LAST_DIR):
-            model, aux_heads, self.point = load_resume_point(self.output / LAST_DIR, device)
-            self.objective = MultiExitObjective(model, config.gripper_weight).to(device)
-            self.objective.aux_heads.load_state_dict(aux_heads)
+            model, training_heads, self.point = load_resume_point(self.output / LAST_DIR, device)
+            self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight).to(device)
+            self.objective.load_training_state(training_heads)
         else:
             torch.manual_seed(config.seed)  # the same initial weights on every rank
             model = load_model(config.model, device=device)
-            self.objective = MultiExitObjective(model, config.gripper_weight).to(device)
+            self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight).to(device)
+        self.robot_obs = model.config.use_proprio or config.state_weight > 0
         self.frozen = check_groups(config.freeze) if config.freeze is not None else default_frozen(model.config)
         self.amp_dtype = autocast_dtype(config.precision, device)
         self.generator = torch.Generator()
         self.tokenizer = InstructionTokenizer(model.config.decoder)
-        self.train_set = open_split(Path(config.data), 'training', config.window, config.stride,
-                                    model.config.use_proprio)
+        self.train_set = open_split(Path(config.data), 'training', config.window, config.stride, self.robot_obs)
+        if self.objective.state_probe is not None and self.point is None:
+            mean, std = state_statistics(self.train_set)
+            self.objective.state_probe.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
         self.val_set = self._validation_windows()
         self.metrics = None
         self.val_metrics: dict[str, float] = {}
@@ -109,7 +112,7 @@ class Trainer:
         if self.config.val_windows == 0 or not (Path(self.config.data) / 'validation').is_dir():
             return None
         windows = open_split(Path(self.config.data), 'validation', self.config.window, self.config.window,
-                             self.objective.model.config.use_proprio)
+                             self.robot_obs)
         if len(windows) == 0:
             return None
         order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(self.config.seed))

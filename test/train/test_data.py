@@ -10,18 +10,18 @@ from deer_ros.model import load_config
 from deer_ros.model.tokenization import InstructionTokenizer
 from deer_ros.sim.dataset import LanguageWindows
 from deer_ros.train.augment import random_shift
-from deer_ros.train.data import EpochBatchSampler, WindowCollator, open_split
+from deer_ros.train.data import EpochBatchSampler, WindowCollator, open_split, state_statistics
 
 
 def test_embedded_demos_become_batches(demo_data):
-    dataset = open_split(demo_data, 'training', window=4, stride=2, use_proprio=False)
+    dataset = open_split(demo_data, 'training', window=4, stride=2, robot_obs=False)
     raw = LanguageWindows(demo_data / 'training', window=4, stride=2)
     assert len(dataset) == len(raw) == 4 * 4  # 10-frame episodes, starts 0, 2, 4, 6
     sample = dataset[5]
     np.testing.assert_array_equal(sample['rgb_static'], raw[5].frames['rgb_static'])
     np.testing.assert_allclose(sample['pose'], raw[5].frames['rel_actions'][:, :6])
     np.testing.assert_array_equal(sample['gripper'], (raw[5].frames['rel_actions'][:, 6] + 1) / 2)
-    assert sample['pose'].dtype == sample['gripper'].dtype == np.float32 and 'proprio' not in sample
+    assert sample['pose'].dtype == sample['gripper'].dtype == np.float32 and 'robot_obs' not in sample
     tokenizer = InstructionTokenizer(load_config('tiny').decoder)
     batch = WindowCollator(tokenizer)([dataset[0], dataset[4], dataset[5]])
     assert batch['rgb_static'].shape == (3, 4, 200, 200, 3) and batch['rgb_static'].dtype == torch.uint8
@@ -31,18 +31,22 @@ def test_embedded_demos_become_batches(demo_data):
     assert batch['text_mask'].shape == batch['input_ids'].shape
 
 
-def test_real_calvin_shaped_split_loads_with_proprio(tmp_path):
+def test_real_calvin_shaped_split_loads_with_robot_state(tmp_path):
     rel_actions = write_calvin_like_split(tmp_path / 'training', first=100, length=8, rng=np.random.default_rng(0))
-    dataset = open_split(tmp_path, 'training', window=6, stride=1, use_proprio=True)
+    dataset = open_split(tmp_path, 'training', window=6, stride=1, robot_obs=True)
     assert len(dataset) == 3
     sample = dataset[1]
-    assert sample['proprio'].shape == (6, 15) and sample['proprio'].dtype == np.float32
+    assert sample['robot_obs'].shape == (6, 15) and sample['robot_obs'].dtype == np.float32
     np.testing.assert_allclose(sample['pose'], np.clip(rel_actions[1:7, :6], -1, 1), rtol=1e-6)
     assert sample['pose'].min() >= -1 and sample['pose'].max() <= 1
     np.testing.assert_array_equal(sample['gripper'], rel_actions[1:7, 6] > 0)
     assert set(dataset.windows.keys) == {'rgb_static', 'rgb_gripper', 'rel_actions', 'robot_obs'}
+    mean, std = state_statistics(dataset)
+    states = np.concatenate([dataset[i]['robot_obs'] for i in range(3)])
+    np.testing.assert_allclose(mean, states.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(std, states.std(axis=0), rtol=1e-5)
     with pytest.raises(FileNotFoundError, match='CALVIN-format'):
-        open_split(tmp_path, 'validation', window=6, stride=1, use_proprio=False)
+        open_split(tmp_path, 'validation', window=6, stride=1, robot_obs=False)
 
 
 @pytest.mark.parametrize('world', [1, 2])

@@ -77,7 +77,7 @@ def _batch(model: DeerVLA, windows: int = 2, steps: int = 3) -> dict[str, torch.
             'rgb_gripper': torch.randint(0, 256, (windows, steps, 84, 84, 3), dtype=torch.uint8, generator=generator),
             'pose': torch.rand(windows, steps, 6, generator=generator) * 2 - 1,
             'gripper': torch.randint(0, 2, (windows, steps), generator=generator).float(),
-            'input_ids': ids, 'text_mask': mask}
+            'robot_obs': torch.randn(windows, steps, 15, generator=generator), 'input_ids': ids, 'text_mask': mask}
 
 
 def _backward(objective: MultiExitObjective) -> dict[str, torch.Tensor]:
@@ -93,15 +93,18 @@ def _grad_norm(modules) -> float:
     return sum(float(p.grad.norm()) for module in modules for p in module.parameters() if p.grad is not None)
 
 
-@pytest.fixture()
-def objective() -> MultiExitObjective:
-    torch.manual_seed(0)
-    model = DeerVLA(small_config())
-    with torch.no_grad():  # gates start at 0, which blocks the visual path's gradient until the first step
+def _open_gates(model: DeerVLA) -> DeerVLA:
+    with torch.no_grad():  # gates start at 0, which blocks the visual path's gradient from the action loss
         for block in model.cross_attention:
             block.attention_gate.fill_(0.5)
             block.feed_forward_gate.fill_(0.5)
-    return MultiExitObjective(model)
+    return model
+
+
+@pytest.fixture()
+def objective() -> MultiExitObjective:
+    torch.manual_seed(0)
+    return MultiExitObjective(_open_gates(DeerVLA(small_config())))
 
 
 def test_joint_stage_trains_backbone_and_every_head(objective):
@@ -155,3 +158,34 @@ def test_lr_schedule():
     assert lr_factor(4, 4, 10, 'cosine') == pytest.approx(1.0)
     assert lr_factor(7, 4, 10, 'cosine') == pytest.approx(0.5)
     assert lr_factor(10, 4, 10, 'cosine') == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize('state_weight', [0.0, 0.5])
+def test_state_probe_reaches_the_vision_stack_behind_closed_gates(state_weight):
+    torch.manual_seed(0)
+    objective = MultiExitObjective(DeerVLA(small_config()), state_weight=state_weight)  # gates at 0
+    objective.set_stage('joint')
+    terms = _backward(objective)
+    vision_grad = _grad_norm([objective.model.vision_encoders, objective.model.resamplers])
+    if state_weight:
+        assert 'state' in terms and _grad_norm([objective.state_probe]) > 0 and vision_grad > 0
+    else:
+        assert 'state' not in terms and objective.state_probe is None and vision_grad == 0
+
+
+def test_state_probe_in_training_state_and_out_of_the_heads_stage():
+    torch.manual_seed(0)
+    objective = MultiExitObjective(DeerVLA(small_config()), state_weight=1.0)
+    objective.state_probe.set_statistics(torch.full((15,), 2.0), torch.full((15,), 3.0))
+    state = objective.training_state()
+    assert {'state_probe.mean', 'state_probe.linear.weight'} <= set(state)
+    assert not any(name.startswith('model.') for name in state)
+    torch.manual_seed(1)
+    other = MultiExitObjective(DeerVLA(small_config()), state_weight=1.0)
+    other.load_training_state(state)
+    torch.testing.assert_close(other.state_probe.linear.weight, objective.state_probe.linear.weight)
+    assert float(other.state_probe.std[0]) == 3.0
+    with pytest.raises(RuntimeError):
+        MultiExitObjective(DeerVLA(small_config())).load_training_state(state)
+    objective.set_stage('heads')
+    assert set(_backward(objective)) == {'s1', 's2'} and objective.state_probe.linear.weight.grad is None

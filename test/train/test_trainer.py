@@ -52,11 +52,14 @@ def test_outputs_round_trip_and_resume_matches_an_uninterrupted_run(demo_data, s
                      '--window', '4', '--stride', '2', '--batch-size', '4', '--joint-steps', '6', '--head-steps', '4',
                      '--lr', '1e-3', '--head-lr-scale', '1', '--head-stage-lr', '1e-3', '--warmup-steps', '2',
                      '--num-workers', '0', '--log-every', '1', '--eval-every', '100', '--save-every', '3',
-                     '--val-windows', '4', '--calibration-windows', '4', '--no-progress']) == 0
+                     '--val-windows', '4', '--calibration-windows', '4', '--state-weight', '0.5',
+                     '--no-progress']) == 0
 
     policy = straight / 'policy'
     weights = _weights(policy)
-    assert not any(name.startswith('aux_heads') for name in weights)
+    assert not any(name.startswith(('aux_heads', 'state_probe')) for name in weights)
+    with safe_open(str(straight / 'last' / 'training_heads.safetensors'), framework='np') as handle:
+        assert 'state_probe.linear.weight' in handle.keys() and 'aux_heads.2.lstm.cells.0.weight_ih' in handle.keys()
     model = load_model(policy)
     assert model.num_exits == 3
     torch.testing.assert_close(model.action_head.pose_mlp[0].weight,
@@ -69,7 +72,7 @@ def test_outputs_round_trip_and_resume_matches_an_uninterrupted_run(demo_data, s
 
     # stop inside the joint stage, then resume twice: mid-stage and across the stage boundary
     resumed = tmp_path / 'resumed'
-    config = _config(demo_data, resumed, small_config_file)
+    config = _config(demo_data, resumed, small_config_file, state_weight=0.5)
     train(dataclasses.replace(config, joint_steps=3, head_steps=0))
     train(dataclasses.replace(config, head_steps=0), resume=True)
     result = train(config, resume=True)
