@@ -58,7 +58,8 @@ def measure(config_name: str, batch_size: int, window: int, steps: int, warmup: 
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         trainable = sum(p.numel() for p in update.parameters)
-        rows.append({'config': config_name, 'stage': stage, 'device': str(device), 'precision': precision if update.amp_dtype else 'fp32',
+        rows.append({'config': config_name, 'stage': stage, 'device': str(device),
+                     'precision': precision if update.amp_dtype else 'fp32',
                      'batch_windows': batch_size, 'window': window, 'trainable_m': trainable / 1e6,
                      'steps_per_s': steps / seconds, 'windows_per_s': steps * batch_size / seconds,
                      'frames_per_s': steps * batch_size * window / seconds})

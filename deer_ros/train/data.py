@@ -27,7 +27,7 @@ def window_keys(robot_obs: bool) -> tuple[str, ...]:
 
 
 class ActionWindows(Dataset):
-    """``LanguageWindows`` items as arrays the model trains on: images, optional robot state, pose and gripper targets."""
+    """``LanguageWindows`` items as training arrays: images, optional robot state, pose and gripper targets."""
 
     def __init__(self, windows: LanguageWindows) -> None:
         if 'rel_actions' not in windows.keys:
