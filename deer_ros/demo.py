@@ -16,15 +16,14 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from deer_ros.resources import config_dir, pretrained_dir
+from deer_ros.resources import config_dir, pretrained_dir, shipped_policies
 
 DEFAULT_POLICY = 'tiny'
 
 
 def default_source() -> str:
     """The shipped trained policy when the package carries one, else the random-init ``tiny`` config."""
-    shipped = pretrained_dir() / DEFAULT_POLICY
-    return str(shipped) if (shipped / 'config.json').is_file() else DEFAULT_POLICY
+    return str(pretrained_dir() / DEFAULT_POLICY) if DEFAULT_POLICY in shipped_policies() else DEFAULT_POLICY
 
 
 def params_file_budget(path: Path) -> dict[str, float]:

@@ -84,7 +84,10 @@ def run_ros_chains(source: str, params_file: Path, budget_overrides: dict[str, f
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')})
     policy_params: dict[str, object] = {f'budget.{k}': float(v) for k, v in budget_overrides.items()}
-    policy_params['checkpoint' if Path(source).is_dir() else 'model_config'] = source
+    if Path(source).is_dir():
+        policy_params['checkpoint'] = source
+    else:
+        policy_params.update(checkpoint='', model_config=source)
     bridge_params: dict[str, object] = {'evaluate_on_start': True, 'num_chains': num_chains, 'max_steps': max_steps,
                                         'backend': backend}
     if calvin_dataset:

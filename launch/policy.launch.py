@@ -52,7 +52,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('budget_max_memory_mb', default_value='',
                               description='Parameter memory limit in MiB (0 = none); empty = params file'),
         DeclareLaunchArgument('checkpoint', default_value='',
-                              description='Checkpoint directory; empty = params file'),
+                              description='Checkpoint directory or shipped policy name (tiny); empty = params file'),
         DeclareLaunchArgument('model_config', default_value='',
                               description='Shipped config name or file when no checkpoint; empty = params file'),
         DeclareLaunchArgument('device', default_value='', description='Torch device; empty = params file'),

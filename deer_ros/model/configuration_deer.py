@@ -81,9 +81,18 @@ class DecoderConfig:
 
 @dataclass
 class HeadConfig:
-    """Shared action head: LayerNorm-LSTM over the step history + MLPs."""
+    """Shared action head: LayerNorm-LSTM over the step history + MLPs.
+
+    ``history_window``: steps the LSTM sees at run time (the current one
+    included). Training unrolls the LSTM over windows of this many frames from
+    a zero state, so inference replays the last ``history_window`` chosen exit
+    features from a zero state too, as RoboFlamingo and DeeR do; carrying the
+    state over a whole episode would feed the head histories far longer than
+    any it was trained on. ``deer-ros train`` writes its ``--window`` here.
+    """
 
     lstm_hidden_size: int = 128
+    history_window: int = 12
     lstm_layers: int = 2
     mlp_hidden_sizes: list[int] = field(default_factory=lambda: [128, 64])
     lstm_dropout: float = 0.1
@@ -144,6 +153,8 @@ class DeerConfig:
             raise ConfigError('decoder.cross_attention_every must be >= 1')
         if self.decoder.text_length < 1:
             raise ConfigError('decoder.text_length must be >= 1')
+        if not isinstance(self.head.history_window, int) or self.head.history_window < 1:
+            raise ConfigError(f'head.history_window must be a positive integer, got {self.head.history_window!r}')
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,6 +23,9 @@ class CostTable:
             proprioception projection), paid once per step whatever the exit.
         head_gflops: one action-head pass (LayerNorm, LSTM step, MLPs). The
             head runs once at every exit that is checked.
+        history_gflops: the per-step replay of the remembered history through
+            the head's LayerNorm + LSTM (``history_window - 1`` steps), paid
+            once per step whatever the exit.
         param_bytes: bytes of parameters resident when the model is capped at
             exit k (vision, embeddings, layers up to exit k, action head).
     """
@@ -31,6 +34,7 @@ class CostTable:
     llm_gflops: tuple[float, ...]
     vision_gflops: float
     head_gflops: float
+    history_gflops: float
     param_bytes: tuple[int, ...]
 
     @property
@@ -38,15 +42,16 @@ class CostTable:
         return len(self.exit_layers)
 
     def total_gflops(self, exit_index: int) -> float:
-        """Total GFLOPs of a step that stops at ``exit_index`` (heads of all checked exits included)."""
-        return self.llm_gflops[exit_index] + self.vision_gflops + (exit_index + 1) * self.head_gflops
+        """Total GFLOPs of a step that stops at ``exit_index`` (history replay and heads of all checked exits included)."""
+        return (self.llm_gflops[exit_index] + self.vision_gflops + self.history_gflops
+                + (exit_index + 1) * self.head_gflops)
 
     def truncated(self, num_exits: int) -> 'CostTable':
         """The table of the same model capped to its first ``num_exits`` exits."""
         if not 1 <= num_exits <= self.num_exits:
             raise ValueError(f'num_exits must be in [1, {self.num_exits}], got {num_exits}')
         return CostTable(self.exit_layers[:num_exits], self.llm_gflops[:num_exits],
-                         self.vision_gflops, self.head_gflops, self.param_bytes[:num_exits])
+                         self.vision_gflops, self.head_gflops, self.history_gflops, self.param_bytes[:num_exits])
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))

@@ -2,7 +2,8 @@
 
 Each part of one control step (batch 1) runs once under ``FlopCounterMode``:
 both cameras' vision encoders + resamplers, the decoder group by group up to
-every exit, and one action-head step. Counting works on the meta device too,
+every exit, one action-head step and the replay of the remembered step
+history through the LSTM. Counting works on the meta device too,
 so the paper-sized config is counted without allocating its weights.
 Results are cached in memory and on disk, keyed by the config fingerprint
 and a hash of the modeling and counting code, so a code change that moves
@@ -67,6 +68,9 @@ def count_cost_table(model: DeerVLA) -> CostTable:
             llm_gflops.append(counter.get_total_flops() / 1e9)
     feature = torch.zeros(1, 1, model.config.decoder.hidden_size, device=device)
     head_gflops = _counted_gflops(model.action_head, feature)
+    remembered = model.config.head.history_window - 1
+    history_gflops = _counted_gflops(model.action_head.history_state, feature.expand(-1, remembered, -1)) \
+        if remembered else 0.0
 
     every = model.config.decoder.cross_attention_every
     shared = [model.vision_encoders, model.resamplers, model.embed_tokens, model.action_head]
@@ -76,7 +80,7 @@ def count_cost_table(model: DeerVLA) -> CostTable:
         _parameter_bytes(shared + list(model.layers[:layers])
                          + list(model.cross_attention[:len(range(0, layers, every))]))
         for layers in model.exit_layers)
-    return CostTable(model.exit_layers, tuple(llm_gflops), vision_gflops, head_gflops, param_bytes)
+    return CostTable(model.exit_layers, tuple(llm_gflops), vision_gflops, head_gflops, history_gflops, param_bytes)
 
 
 @functools.lru_cache(maxsize=1)

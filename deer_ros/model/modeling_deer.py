@@ -237,6 +237,10 @@ class ActionHead(nn.Module):
         hidden, state = self.lstm(self.input_norm(features), state)
         return HeadOutput(torch.tanh(self.pose_mlp(hidden)), self.gripper_mlp(hidden).squeeze(-1), state)
 
+    def history_state(self, features: torch.Tensor) -> LSTMState:
+        """LSTM state after ``features`` (batch, time, feature_dim) from a zero state; the MLPs are skipped."""
+        return self.lstm(self.input_norm(features))[1]
+
 
 # --------------------------------------------------------------------------- the model
 

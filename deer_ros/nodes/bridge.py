@@ -105,7 +105,12 @@ class StepStats:
             self._condition.notify_all()
 
     def collect(self, stamps: list[int], timeout: float = 1.0) -> np.ndarray:
-        """``(n, 3)`` rows (llm, total, exit) for ``stamps``; waits up to ``timeout`` s for late messages."""
+        """``(n, 3)`` rows (llm, total, exit) for ``stamps``; waits up to ``timeout`` s for late messages.
+
+        ExitStats travel on their own topic and can arrive after the action they
+        describe; the bridge passes its action timeout, so a loaded machine
+        delays the tally instead of dropping a step from it.
+        """
         with self._condition:
             self._condition.wait_for(lambda: all(s in self._by_stamp for s in stamps), timeout)
             rows = [self._by_stamp.pop(s) for s in stamps if s in self._by_stamp]

@@ -26,7 +26,6 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rcl_interfaces.msg import SetParametersResult
-from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -36,6 +35,7 @@ from deer_ros.nodes.bridge import (STEP_MODES, ActionMailbox, Interrupted, Polic
                                    gflops_summary, received_action)
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
+from deer_ros.nodes.robot_state import joint_state_msg, tcp_pose_msg
 from deer_ros.nodes.ros_time import stamp_ns
 from deer_ros.sim.evaluate_cli import build_sim_factory
 from deer_ros.sim.evaluation import EP_LEN, EvaluationReport, Simulator, run_chain
@@ -44,8 +44,6 @@ from deer_ros.sim.layout import SCENES
 from deer_ros.sim.sequences import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
 
 NODE_NAME = 'calvin_bridge'
-ARM_JOINTS = tuple(f'panda_joint{i}' for i in range(1, 8))
-FINGER_JOINTS = ('panda_finger_joint1', 'panda_finger_joint2')
 
 PARAMETERS = (
     ParamSpec('backend', 'embedded', 'Simulator: embedded (deer_ros.sim, pybullet on CPU) or calvin (the real '
@@ -76,23 +74,6 @@ PARAMETERS = (
               read_only=True),
     ParamSpec('frame_id', 'world', 'frame_id of the TCP pose.'),
 )
-
-
-def joint_state_msg(robot_obs: np.ndarray, header: Header) -> JointState:
-    """CALVIN robot_obs -> JointState: 7 arm joints, and each finger at half the gripper opening width."""
-    half_width = float(robot_obs[6]) / 2.0
-    return JointState(header=header, name=[*ARM_JOINTS, *FINGER_JOINTS],
-                      position=[float(q) for q in robot_obs[7:14]] + [half_width, half_width])
-
-
-def tcp_pose_msg(robot_obs: np.ndarray, header: Header) -> PoseStamped:
-    """CALVIN robot_obs tcp position + Euler xyz -> PoseStamped."""
-    pose = PoseStamped(header=header)
-    pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in robot_obs[:3])
-    x, y, z, w = Rotation.from_euler('xyz', robot_obs[3:6]).as_quat()
-    pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z, pose.pose.orientation.w = (
-        float(x), float(y), float(z), float(w))
-    return pose
 
 
 class CalvinBridgeNode(Node):
@@ -268,10 +249,11 @@ class CalvinBridgeNode(Node):
             policy = self._policy(self._stop.is_set)
             self._wait_for_policy()
             self.get_logger().info(f'evaluating {len(chains)} chains from offset {offset}')
+            stats_timeout = self.get_parameter('action_timeout_s').value
             for index, chain in enumerate(chains, start=offset):
                 policy.executed.clear()
                 result = run_chain(sim, policy, chain, index, max_steps)
-                chain_rows = self.step_stats.collect(list(policy.executed))
+                chain_rows = self.step_stats.collect(list(policy.executed), timeout=stats_timeout)
                 results.append(result)
                 rows.append(chain_rows)
                 self.chain_pub.publish(String(data=json.dumps({**result.to_json(),

@@ -16,15 +16,17 @@ import numpy as np
 
 from deer_ros.policy.early_exit import NonFiniteActionError
 from deer_ros.policy.runtime import PolicyRuntime
+from deer_ros.nodes.robot_state import robot_obs_from_ros
 from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN, Action, ExitInfo, Observation
 
 STATIC_CAMERA = 'static camera'
 GRIPPER_CAMERA = 'gripper camera'
 JOINT_STATES = 'joint states'
+TCP_POSE = 'tcp pose'
 INSTRUCTION = 'instruction'
 INPUTS = (STATIC_CAMERA, GRIPPER_CAMERA, JOINT_STATES, INSTRUCTION)
 # The instruction is latched (sent once per task), so its age says nothing about freshness.
-STREAMED_INPUTS = (STATIC_CAMERA, GRIPPER_CAMERA, JOINT_STATES)
+STREAMED_INPUTS = (STATIC_CAMERA, GRIPPER_CAMERA, JOINT_STATES, TCP_POSE)
 
 StalePolicy = Literal['hold', 'silent']
 STALE_POLICIES: tuple[str, ...] = ('hold', 'silent')
@@ -61,9 +63,14 @@ class Snapshot:
 class InputBuffer:
     """Newest value of each input with its arrival time; written by subscriptions, read by the control tick."""
 
-    def __init__(self) -> None:
-        self._slots = {name: _Slot() for name in INPUTS}
+    def __init__(self, names: tuple[str, ...] = INPUTS) -> None:
+        self._slots = {name: _Slot() for name in names}
         self._lock = threading.Lock()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The inputs this buffer requires, in order."""
+        return tuple(self._slots)
 
     def put(self, name: str, value: Any, now: float, stamp_ns: int = 0) -> None:
         with self._lock:
@@ -147,12 +154,17 @@ class PolicyController:
         on_stale_input: ``hold`` publishes explicit holds on bad input, ``silent`` publishes nothing.
         require_new_frame: step only on a static frame the policy has not seen,
             so a simulator stepped in lock-step gets exactly one action per frame.
+
+    A model with ``use_proprio`` also needs a fresh TCP pose: its robot state
+    is rebuilt from the TCP pose, the joint states and the controller's own
+    last gripper command (:func:`robot_obs_from_ros`).
     """
 
     def __init__(self, runtime: PolicyRuntime, *, max_input_age_s: float, on_stale_input: StalePolicy = 'hold',
                  require_new_frame: bool = True) -> None:
         self.runtime = runtime
-        self.inputs = InputBuffer()
+        self.uses_proprio = runtime.config.use_proprio
+        self.inputs = InputBuffer(INPUTS + ((TCP_POSE,) if self.uses_proprio else ()))
         self.max_input_age_s = max_input_age_s
         self.on_stale_input = on_stale_input
         self.require_new_frame = require_new_frame
@@ -177,8 +189,10 @@ class PolicyController:
         if self.require_new_frame and frame == self._last_frame:
             return Decision('wait')
         values = snapshot.values
-        observation = Observation(values[STATIC_CAMERA], values[GRIPPER_CAMERA])
         try:
+            proprio = robot_obs_from_ros(values[TCP_POSE], values[JOINT_STATES], self.gripper) \
+                if self.uses_proprio else None
+            observation = Observation(values[STATIC_CAMERA], values[GRIPPER_CAMERA], proprio)
             action, info = self.runtime.step(observation, values[INSTRUCTION])
             action = safe_action(action)
         except NonFiniteActionError as error:

@@ -50,9 +50,9 @@ class PolicyDiagnostics:
     run on different executor threads.
     """
 
-    def __init__(self, name: str, num_exits: int, window: int = 100) -> None:
+    def __init__(self, name: str, num_exits: int, window: int = 100, inputs: tuple[str, ...] = INPUTS) -> None:
         self.name = name
-        self.rates = {input_name: RateMeter() for input_name in INPUTS}
+        self.rates = {input_name: RateMeter() for input_name in inputs}
         self.latencies_ms: deque[float] = deque(maxlen=window)
         self.exits: deque[int] = deque(maxlen=window)
         self.gflops: deque[tuple[float, float]] = deque(maxlen=window)
@@ -94,8 +94,8 @@ class PolicyDiagnostics:
             level=DiagnosticStatus.ERROR if input_problems else DiagnosticStatus.OK,
             message='; '.join(input_problems) if input_problems else 'all inputs fresh')
         inputs.values = _values(
-            [(f'{name} rate (Hz)', f'{self.rates[name].rate(now):.2f}') for name in INPUTS]
-            + [(f'{name} age (s)', 'never' if ages[name] is None else f'{ages[name]:.3f}') for name in INPUTS])
+            [(f'{name} rate (Hz)', f'{rate.rate(now):.2f}') for name, rate in self.rates.items()]
+            + [(f'{name} age (s)', 'never' if ages[name] is None else f'{ages[name]:.3f}') for name in self.rates])
 
         last = self.last_decision
         if last is None:

@@ -21,7 +21,7 @@ import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import TwistStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
@@ -39,14 +39,16 @@ from deer_ros.budget.caps import Budget
 from deer_ros.budget.solver import BudgetError
 from deer_ros.msg import ArmAction, ExitStats
 from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, STALE_POLICIES, STATIC_CAMERA,
-                                    PolicyController, check_image, check_joint_positions)
+                                    TCP_POSE, PolicyController, check_image, check_joint_positions)
 from deer_ros.nodes.diagnostics import PolicyDiagnostics
 from deer_ros.nodes.image_conversion import image_msg_to_rgb
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
+from deer_ros.nodes.robot_state import check_tcp_pose, tcp_pose_array
 from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
 from deer_ros.policy.exit_criterion import METRICS
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE, Action, ExitInfo
+from deer_ros.resources import resolve_checkpoint
 from deer_ros.sim.interface import ORN_SCALE, POS_SCALE
 
 NODE_NAME = 'deer_policy'
@@ -64,7 +66,8 @@ PARAMETERS = (
     ParamSpec('budget.cost_kind', 'llm', 'What the GFLOPs budgets count: llm (decoder only, the DeeR paper unit) '
               'or total (vision + decoder + action heads).', read_only=True, choices=('llm', 'total')),
     ParamSpec('checkpoint', '', 'Checkpoint directory (config.json + model.safetensors, calibration.npz beside '
-              'them); empty = build model_config with seeded random init.', read_only=True),
+              'them) or the name of a policy shipped with the package (tiny = the trained default policy); '
+              'empty = build model_config with seeded random init.', read_only=True),
     ParamSpec('model_config', 'tiny', 'Shipped config name (tiny, smollm2, deer-3b) or config file, used when '
               'checkpoint is empty.', read_only=True),
     ParamSpec('device', 'cpu', 'Torch device for the model (cpu, cuda, cuda:1, ...).', read_only=True),
@@ -130,14 +133,16 @@ class PolicyNode(Node):
         self.rate_hz = float(values['control_rate_hz'])
         self.frame_id = values['frame_id']
         started = time.monotonic()
-        self.runtime = PolicyRuntime(values['checkpoint'] or values['model_config'], device=values['device'],
+        source = resolve_checkpoint(values['checkpoint']) if values['checkpoint'] else values['model_config']
+        self.runtime = PolicyRuntime(source, device=values['device'],
                                      metric=values['exit_metric'], cost_kind=values['budget.cost_kind'],
                                      budget=budget_from(values), seed=values['seed'],
                                      warn=self.get_logger().warning)
         self.controller = PolicyController(self.runtime, max_input_age_s=values['max_input_age_s'],
                                            on_stale_input=values['on_stale_input'],
                                            require_new_frame=values['require_new_frame'])
-        self.diagnostics = PolicyDiagnostics(self.get_name(), self.runtime.cost_table.num_exits)
+        self.diagnostics = PolicyDiagnostics(self.get_name(), self.runtime.cost_table.num_exits,
+                                             inputs=self.controller.inputs.names)
         self._publish_lock = threading.Lock()
         self._stopped = False
         self._holding = False
@@ -156,6 +161,8 @@ class PolicyNode(Node):
                                  sensor_qos, callback_group=sensors)
         self.create_subscription(JointState, 'joint_states', self._on_joint_states, sensor_qos,
                                  callback_group=sensors)
+        if self.controller.uses_proprio:
+            self.create_subscription(PoseStamped, 'tcp_pose', self._on_tcp_pose, sensor_qos, callback_group=sensors)
         self.create_subscription(String, 'instruction', self._on_instruction, latched, callback_group=sensors)
         self.create_service(Trigger, '~/reset', self._on_reset, callback_group=sensors)
 
@@ -197,6 +204,16 @@ class PolicyNode(Node):
             self.controller.inputs.reject(JOINT_STATES, problem)
         else:
             self.controller.inputs.put(JOINT_STATES, positions, now, stamp_ns(msg.header.stamp))
+
+    def _on_tcp_pose(self, msg: PoseStamped) -> None:
+        now = time.monotonic()
+        self.diagnostics.record_input(TCP_POSE, now)
+        pose = tcp_pose_array(msg)
+        problem = check_tcp_pose(pose)
+        if problem is not None:
+            self.controller.inputs.reject(TCP_POSE, problem)
+        else:
+            self.controller.inputs.put(TCP_POSE, pose, now, stamp_ns(msg.header.stamp))
 
     def _on_instruction(self, msg: String) -> None:
         now = time.monotonic()

@@ -30,7 +30,8 @@ class ChainPolicy:
         self.runtime.reset()
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
-        observation = Observation(obs['rgb_obs']['rgb_static'], obs['rgb_obs']['rgb_gripper'])
+        proprio = obs['robot_obs'] if self.runtime.config.use_proprio else None
+        observation = Observation(obs['rgb_obs']['rgb_static'], obs['rgb_obs']['rgb_gripper'], proprio)
         action, self._last = self.runtime.step(observation, instruction)
         return action.as_array()
 

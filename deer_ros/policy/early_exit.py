@@ -2,15 +2,19 @@
 
 Per control step: encode both cameras once, then run the decoder one exit
 group at a time; after each group the shared head proposes an action from the
-exit's feature and the current LSTM state (without committing the state), and
-the exit criterion decides whether to stop. The LSTM state advances only with
-the chosen exit's feature, reusing the tentative head output (no extra head
-pass). Nothing grows with the episode length: the only carried state is the
-LSTM (h, c) and the cached instruction tokens.
+exit's feature and the step history, and the exit criterion decides whether
+to stop. Only the chosen exit's feature enters the history.
+
+The history is a sliding window: the LSTM state of a step is the replay, from
+a zero state, of the last ``history_window - 1`` chosen features (done once
+per step, before the exits), so the head sees histories as long as the
+training windows and never longer. Nothing grows with the episode length:
+the carried state is that many features and the cached instruction tokens.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 import torch
@@ -37,7 +41,7 @@ class EarlyExitPolicy:
         self.tokenizer = tokenizer or InstructionTokenizer(model.config.decoder)
         self.device = next(model.parameters()).device
         self.set_criterion(criterion)
-        self._state: LSTMState | None = None
+        self._history: deque[torch.Tensor] = deque(maxlen=model.config.head.history_window - 1)
         self._instruction: str | None = None
         self._tokens: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -60,7 +64,13 @@ class EarlyExitPolicy:
 
     def reset(self) -> None:
         """Forget the step history (new episode or new instruction)."""
-        self._state = None
+        self._history.clear()
+
+    def _history_state(self) -> LSTMState | None:
+        """LSTM state after the remembered features (``None`` = zero state: first step, or a window of 1)."""
+        if not self._history:
+            return None
+        return self.model.action_head.history_state(torch.cat(list(self._history), dim=1))
 
     def _instruction_tokens(self, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
         if instruction != self._instruction:
@@ -82,10 +92,11 @@ class EarlyExitPolicy:
         proprio = None if observation.proprio is None else self._as_batch(np.asarray(observation.proprio, np.float32))
         visual = self.model.encode_vision(self._as_batch(observation.rgb_static),
                                           self._as_batch(observation.rgb_gripper), proprio)
+        state = self._history_state()
         consistency: list[float] = []
         previous_pose: np.ndarray | None = None
         for exit_index, feature in self.model.iter_exit_features(visual, input_ids, mask):
-            output = self.model.action_head(feature.unsqueeze(1), self._state)
+            output = self.model.action_head(feature.unsqueeze(1), state)
             pose = output.pose[0, 0].double().cpu().numpy()
             value = float('nan') if previous_pose is None else self.criterion.consistency(pose, previous_pose)
             consistency.append(value)
@@ -95,7 +106,7 @@ class EarlyExitPolicy:
         gripper_logit = float(output.gripper_logit[0, 0])
         if not (np.all(np.isfinite(pose)) and np.isfinite(gripper_logit)):
             raise NonFiniteActionError(f'non-finite action at exit {exit_index}: pose={pose}, gripper={gripper_logit}')
-        self._state = output.state
+        self._history.append(feature.unsqueeze(1))  # maxlen 0 (a window of 1) keeps nothing
         action = Action(pose=np.clip(pose, -1.0, 1.0), gripper=GRIPPER_OPEN if gripper_logit > 0 else GRIPPER_CLOSE)
         info = ExitInfo(
             exit_index=exit_index, exit_layer=self.model.exit_layers[exit_index], num_exits=self.num_exits,

@@ -105,9 +105,6 @@ class PolicyRuntime:
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
         self.config = self._config()
-        if self.config.use_proprio:
-            raise ValueError(f'{self.config.name}: models with use_proprio=True need CALVIN robot_obs, '
-                             'which the ROS inputs (JointState) do not carry; not supported by the runtime')
         self.cost_table: CostTable = cost_table_for(self.config)
         self.refined = load_refined(refined_path(self.checkpoint)) if self.checkpoint is not None else []
         self.calibration = self._calibration_file(metric)

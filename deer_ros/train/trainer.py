@@ -82,6 +82,8 @@ class Trainer:
             torch.manual_seed(config.seed)  # the same initial weights on every rank
             model = load_model(config.model, device=device)
             self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight).to(device)
+        # The head is trained on `window`-step histories: the policy replays that many at run time.
+        model.config.head.history_window = config.window
         self.robot_obs = model.config.use_proprio or config.state_weight > 0
         self.frozen = check_groups(config.freeze) if config.freeze is not None else default_frozen(model.config)
         self.amp_dtype = autocast_dtype(config.precision, device)

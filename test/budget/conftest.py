@@ -79,5 +79,5 @@ def cost_table() -> CostTable:
     """Six exits after 2, 4, ..., 12 layers, like DeeR-B on MPT-1B."""
     layers = tuple(range(2, 13, 2))
     return CostTable(exit_layers=layers, llm_gflops=tuple(1.3 * layer + 0.1 for layer in layers),
-                     vision_gflops=20.0, head_gflops=0.05,
+                     vision_gflops=20.0, head_gflops=0.05, history_gflops=0.5,
                      param_bytes=tuple(int((300 + 100 * layer) * 2 ** 20) for layer in layers))

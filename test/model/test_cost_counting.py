@@ -35,6 +35,20 @@ def test_counted_llm_flops_match_formula_and_grow(name: str) -> None:
     assert table.total_gflops(0) > table.llm_gflops[0] + table.vision_gflops
 
 
+@pytest.mark.parametrize('name', ['tiny', 'deer-3b'])
+def test_history_replay_is_counted_once_per_step(name: str) -> None:
+    """The sliding-window replay costs (history_window - 1) LSTM steps of matmuls, in every exit's total."""
+    config = load_config(name)
+    table = cost_table_for(config)
+    hidden, size = config.head.lstm_hidden_size, config.decoder.hidden_size
+    inputs = [size] + [hidden] * (config.head.lstm_layers - 1)
+    lstm_step = sum(2 * 4 * hidden * (width + hidden) for width in inputs) / 1e9
+    assert table.history_gflops == pytest.approx((config.head.history_window - 1) * lstm_step, rel=0.05)
+    for k in range(table.num_exits):
+        assert table.total_gflops(k) == pytest.approx(table.llm_gflops[k] + table.vision_gflops
+                                                      + table.history_gflops + (k + 1) * table.head_gflops)
+
+
 def test_meta_count_equals_real_count() -> None:
     config = load_config('tiny')
     torch.manual_seed(0)

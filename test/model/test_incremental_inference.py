@@ -1,6 +1,8 @@
 """Incremental, early-stopping inference must equal a full forward read at each exit."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -96,18 +98,36 @@ def test_layers_past_the_exit_never_run(tiny_model: DeerVLA, tiny_costs, random_
     assert info.llm_gflops == pytest.approx(tiny_costs.llm_gflops[1])
 
 
+def test_history_is_a_sliding_window_of_chosen_features(tiny_model: DeerVLA, tiny_costs, random_observations) -> None:
+    """Past ``history_window`` steps, step t acts on the LSTM replayed from zero over steps t-W+1 .. t, as trained."""
+    window = 3
+    config = dataclasses.replace(tiny_model.config, head=dataclasses.replace(tiny_model.config.head,
+                                                                             history_window=window))
+    model = DeerVLA(config)
+    model.load_state_dict(tiny_model.state_dict())
+    observations = random_observations(7, seed=2)
+    policy = EarlyExitPolicy(model, ExitCriterion.always_last(6), tiny_costs)
+    features = _full_forward_features(policy, observations)[:, -1]
+    actions = [policy.step(obs, INSTRUCTION)[0].pose for obs in observations]
+    with torch.no_grad():
+        for t, pose in enumerate(actions):
+            expected = model.action_head(features[max(0, t - window + 1):t + 1].unsqueeze(0)).pose[0, -1]
+            np.testing.assert_allclose(pose, expected.numpy(), atol=1e-5)
+        unbounded = model.action_head(features.unsqueeze(0)).pose[0, -1].numpy()
+    assert not np.allclose(actions[-1], unbounded, atol=1e-4)
+
+
 def test_state_is_constant_size_over_a_long_episode(tiny_model: DeerVLA, tiny_costs, random_observations) -> None:
     policy = EarlyExitPolicy(tiny_model, ExitCriterion(np.array([np.inf, 0.05, 0.05, 0.05, 0.05, np.inf])),
                              tiny_costs)
     observation = random_observations(1)[0]
-    policy.step(observation, INSTRUCTION)
-    shapes = [tuple(t.shape) for t in policy._state]
     attributes = set(vars(policy))
     for _ in range(60):
         policy.step(observation, INSTRUCTION)
-    assert [tuple(t.shape) for t in policy._state] == shapes
+    remembered = tiny_model.config.head.history_window - 1
+    assert len(policy._history) == remembered
+    assert {tuple(t.shape) for t in policy._history} == {(1, 1, tiny_model.config.decoder.hidden_size)}
     assert set(vars(policy)) == attributes
-    assert all(not isinstance(value, (list, dict)) for value in vars(policy).values())
 
 
 def test_reset_forgets_history(tiny_model: DeerVLA, tiny_costs, random_observations) -> None:

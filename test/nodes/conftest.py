@@ -6,6 +6,7 @@ start-up calibration; one test keeps the no-file path covered.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,25 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = DeerVLA(load_config('tiny')).eval()
     model.save_pretrained(directory)
     calibration = synthetic_calibration(model, windows=8)  # 32 samples: enough for the budgets tested
+    calibration.metadata['checkpoint_sha256'] = checkpoint_sha256(directory)
+    calibration.save(calibration_path(directory))
+    return directory
+
+
+@pytest.fixture(scope='session')
+def proprio_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` with ``use_proprio`` (seed 0, synthetic calibration): a policy that also needs the robot state.
+
+    Its cross-attention gates are opened (random init closes them), so the
+    visual and robot-state tokens do change the actions.
+    """
+    directory = tmp_path_factory.mktemp('proprio_checkpoint')
+    torch.manual_seed(0)
+    model = DeerVLA(dataclasses.replace(load_config('tiny'), use_proprio=True)).eval()
+    for block in model.cross_attention:
+        block.attention_gate.data.fill_(1.0)
+    model.save_pretrained(directory)
+    calibration = synthetic_calibration(model, windows=8)
     calibration.metadata['checkpoint_sha256'] = checkpoint_sha256(directory)
     calibration.save(calibration_path(directory))
     return directory

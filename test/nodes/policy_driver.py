@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -35,6 +36,7 @@ class PolicyDriver(Node):
         self.static_pub = self.create_publisher(Image, 'camera/static/image_raw', 10)
         self.gripper_pub = self.create_publisher(Image, 'camera/gripper/image_raw', 10)
         self.joint_pub = self.create_publisher(JointState, 'joint_states', 10)
+        self.tcp_pub = self.create_publisher(PoseStamped, 'tcp_pose', 10)
         self.instruction_pub = self.create_publisher(String, 'instruction', LATCHED)
         self.lock = threading.Lock()
         self.actions: list[ArmAction] = []
@@ -63,14 +65,19 @@ class PolicyDriver(Node):
         self.instruction_pub.publish(String(data=text))
 
     def send(self, *, static: Image | None = None, gripper: Image | None = None,
-             joints: list[float] | None = None) -> int:
+             joints: list[float] | None = None, tcp: list[float] | None = None) -> int:
         """One message of every input; returns the static frame's stamp (ns). Defaults are valid random frames,
-        stamped now."""
+        stamped now; a TCP pose (xyz + quaternion xyzw) only when ``tcp`` is given."""
         header = static.header if static is not None else Header(stamp=self.get_clock().now().to_msg())
         self.static_pub.publish(static or rgb_to_image_msg(random_frame(self.rng, STATIC_CAMERA_SHAPE), header))
         self.gripper_pub.publish(gripper or rgb_to_image_msg(random_frame(self.rng, GRIPPER_CAMERA_SHAPE), header))
         self.joint_pub.publish(JointState(header=header, name=[f'j{i}' for i in range(7)],
                                           position=joints if joints is not None else [0.1] * 7))
+        if tcp is not None:
+            pose = PoseStamped(header=header)
+            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = tcp[:3]
+            pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z, pose.pose.orientation.w = tcp[3:]
+            self.tcp_pub.publish(pose)
         return stamp_ns(header.stamp)
 
     def stats_for(self, stamp: int, timeout: float = 20.0) -> ExitStats | None:

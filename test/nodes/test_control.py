@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, STATIC_CAMERA, PolicyController,
-                                    check_image, check_joint_positions, safe_action)
+from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, STATIC_CAMERA, TCP_POSE,
+                                    PolicyController, check_image, check_joint_positions, safe_action)
 from deer_ros.policy.early_exit import NonFiniteActionError
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, GRIPPER_CLOSE, GRIPPER_OPEN, STATIC_CAMERA_SHAPE, Action
@@ -72,6 +72,25 @@ def test_only_a_changed_instruction_resets_the_policy(runtime):
     assert controller.set_instruction('close the drawer', 0.2) and controller.set_instruction('open the drawer', 0.3)
     _feed(controller, 0.3, 3, np.random.default_rng(5))
     np.testing.assert_allclose(controller.tick(0.3).action.pose, first, atol=1e-6)
+
+
+def test_a_proprioceptive_policy_needs_the_tcp_pose_and_acts_on_it(proprio_checkpoint):
+    controller = PolicyController(PolicyRuntime(proprio_checkpoint), max_input_age_s=0.5)
+    controller.require_new_frame = False
+    controller.set_instruction('open the drawer', 0.0)
+    _feed(controller, 0.0, stamp=100, rng=np.random.default_rng(0))
+    assert controller.tick(0.1).problems == [f'{TCP_POSE}: none received yet']
+    poses = []
+    for x in (0.0, 0.3):
+        controller.runtime.reset()
+        controller.inputs.put(TCP_POSE, np.array([x, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0]), 0.1)
+        decision = controller.tick(0.1)
+        assert decision.kind == 'action'
+        poses.append(decision.action.pose)
+    assert not np.allclose(*poses)  # same images, different arm pose: the robot state reaches the model
+    controller.inputs.put(JOINT_STATES, np.zeros(3), 0.2)  # too few joints for robot_obs
+    held = controller.tick(0.2)
+    assert held.kind == 'hold' and 'needs the 7 arm joints' in held.problems[0]
 
 
 def test_input_checks_name_the_problem():

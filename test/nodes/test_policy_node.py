@@ -38,7 +38,7 @@ def _mean_exit(driver: PolicyDriver, frames: int = 6) -> tuple[float, set[int]]:
 def test_budget_changes_through_parameter_services(start_node, driver):
     """ros2 param set equivalents: infeasible values rejected with the range, the average exit follows
     the average budget, and a peak cap drops exits live and raising it restores them."""
-    node = start_node(POLICY, params={**FAST_POLICY, 'model_config': 'tiny'})
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': '', 'model_config': 'tiny'})
     assert node.wait_for_log('ready in', STARTUP_S), node.log
     assert 'no calibration file for tiny' in node.log  # synthetic calibration path
     client = AsyncParameterClient(driver, 'deer_policy')
@@ -178,6 +178,21 @@ def test_reset_service_and_new_instruction_restart_the_policy_state(start_node, 
         future = reset.call_async(Trigger.Request())
         assert wait_for(future.done, 15.0) and future.result().success
         np.testing.assert_allclose(act(), after_instruction, atol=1e-6)
+
+
+def test_a_proprioceptive_policy_holds_without_the_tcp_pose_and_acts_with_it(start_node, driver,
+                                                                             proprio_checkpoint):
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(proprio_checkpoint)})
+    assert node.wait_for_log('ready in', STARTUP_S), node.log
+    with BackgroundSpinner(driver, context=driver.context):
+        assert driver.wait_connected() and wait_for(lambda: driver.tcp_pub.get_subscription_count() > 0, 20.0)
+        driver.instruct('open the drawer')
+        actions, diagnostics = driver.count()
+        driver.send()
+        assert _holds_since(driver, actions), node.log
+        assert _diagnostics_error(driver, diagnostics, 'tcp pose: none received yet')
+        action = driver.action_for(driver.send(tcp=[0.1, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0]))
+        assert action is not None and not action.hold, node.log
 
 
 def test_an_infeasible_start_up_budget_stops_the_node_with_the_reason(start_node, tiny_checkpoint):

@@ -94,8 +94,13 @@ def test_a_calibration_file_for_other_weights_or_metric_is_refused(tiny_checkpoi
         PolicyRuntime(checkpoint)
 
 
-def test_models_needing_proprioception_are_refused(tmp_path):
+def test_a_proprioceptive_model_steps_only_with_the_robot_state(tmp_path):
     config = dataclasses.replace(load_config('tiny'), use_proprio=True)
     config.save(tmp_path / 'proprio.json')
-    with pytest.raises(ValueError, match='use_proprio=True'):
-        PolicyRuntime(tmp_path / 'proprio.json')
+    runtime = PolicyRuntime(tmp_path / 'proprio.json')
+    rng = np.random.default_rng(0)
+    images = random_frame(rng, STATIC_CAMERA_SHAPE), random_frame(rng, GRIPPER_CAMERA_SHAPE)
+    action, _ = runtime.step(Observation(*images, proprio=np.zeros(15)), 'open the drawer')
+    assert np.all(np.abs(action.pose) <= 1.0)
+    with pytest.raises(ValueError, match='needs proprioception'):
+        runtime.step(Observation(*images), 'open the drawer')

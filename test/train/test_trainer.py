@@ -62,6 +62,7 @@ def test_outputs_round_trip_and_resume_matches_an_uninterrupted_run(demo_data, s
         assert 'state_probe.linear.weight' in handle.keys() and 'aux_heads.2.lstm.cells.0.weight_ih' in handle.keys()
     model = load_model(policy)
     assert model.num_exits == 3
+    assert model.config.head.history_window == 4  # the policy replays histories as long as the training windows
     torch.testing.assert_close(model.action_head.pose_mlp[0].weight,
                                torch.from_numpy(weights['action_head.pose_mlp.0.weight']))
     last = _weights(straight / 'last')
