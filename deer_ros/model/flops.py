@@ -75,7 +75,7 @@ def count_cost_table(model: DeerVLA) -> CostTable:
     every = model.config.decoder.cross_attention_every
     shared = [model.vision_encoders, model.resamplers, model.embed_tokens, model.action_head]
     if model.proprio_proj is not None:
-        shared.append(model.proprio_proj)
+        shared += [model.proprio_proj, model.proprio_to_exit]
     param_bytes = tuple(
         _parameter_bytes(shared + list(model.layers[:layers])
                          + list(model.cross_attention[:len(range(0, layers, every))]))

@@ -4,7 +4,7 @@ Layout (RoboFlamingo-style, as in the DeeR paper):
 
 * one vision encoder + Perceiver resampler per camera (static 200x200,
   gripper 84x84) turns each frame into a fixed number of visual tokens;
-  optional proprioception adds one more token;
+  optional proprioception adds one more token (and a residual skip from it to every exit feature);
 * a Llama-family decoder from ``transformers`` reads the instruction; before
   every ``cross_attention_every``-th decoder layer a tanh-gated
   cross-attention block lets the text tokens attend to the visual tokens;
@@ -275,6 +275,13 @@ class DeerVLA(nn.Module):
             {cam: PerceiverResampler(config.resampler, encoder_dim) for cam in self.CAMERAS})
         visual_dim = config.resampler.hidden_size
         self.proprio_proj = nn.Linear(15, visual_dim) if config.use_proprio else None
+        # The robot-state token also reaches every exit feature through a residual skip, zero at init: the
+        # cross-attention gates start closed, and without the skip the head would not see the arm state
+        # until they open, which takes far more updates than a CPU training budget gives.
+        self.proprio_to_exit = nn.Linear(visual_dim, config.decoder.hidden_size) if config.use_proprio else None
+        if self.proprio_to_exit is not None:
+            nn.init.zeros_(self.proprio_to_exit.weight)
+            nn.init.zeros_(self.proprio_to_exit.bias)
 
         decoder = LlamaModel(llama_config(config, config.kept_layers))
         self.embed_tokens = decoder.embed_tokens
@@ -340,6 +347,7 @@ class DeerVLA(nn.Module):
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         position_embeddings = self.rotary_emb(hidden, position_ids)
         every = self.config.decoder.cross_attention_every
+        skip = self.proprio_to_exit(visual[:, -1]) if self.proprio_to_exit is not None else 0.0
         layer = 0
         for exit_index, end in enumerate(self.exit_layers[:num_exits]):
             for index in range(layer, end):
@@ -348,7 +356,7 @@ class DeerVLA(nn.Module):
                 hidden = self.layers[index](hidden, position_embeddings=position_embeddings,
                                             position_ids=position_ids)
             layer = end
-            yield exit_index, masked_max_pool(hidden, text_mask)
+            yield exit_index, masked_max_pool(hidden, text_mask) + skip
 
     def exit_features(self, visual: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Features at every exit in one pass: (N, num_exits, hidden). Used for training and calibration."""

@@ -138,3 +138,22 @@ def test_reset_forgets_history(tiny_model: DeerVLA, tiny_costs, random_observati
     policy.reset()
     again, _ = policy.step(first, INSTRUCTION)
     np.testing.assert_allclose(again.pose, fresh.pose, atol=1e-6)
+
+
+def test_robot_state_reaches_every_exit_through_a_skip_that_starts_at_zero(tiny_model: DeerVLA) -> None:
+    """With closed gates only the skip carries the robot state; it is zero at init, so the start is unchanged."""
+    model = DeerVLA(dataclasses.replace(tiny_model.config, use_proprio=True)).eval()
+    static = torch.randint(0, 256, (1, 200, 200, 3), dtype=torch.uint8)
+    gripper = torch.randint(0, 256, (1, 84, 84, 3), dtype=torch.uint8)
+    ids, mask = EarlyExitPolicy(tiny_model, ExitCriterion.always_last(6), None).tokenizer([INSTRUCTION])
+
+    def features(proprio: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model.exit_features(model.encode_vision(static, gripper, proprio), ids, mask)[0]
+
+    low, high = torch.zeros(1, 15), torch.ones(1, 15)
+    torch.testing.assert_close(features(low), features(high))
+    torch.nn.init.normal_(model.proprio_to_exit.weight)
+    shift = features(high) - features(low)
+    assert shift.abs().sum(dim=1).gt(0).all()
+    torch.testing.assert_close(shift, shift[:1].expand_as(shift))  # the same skip at every exit
