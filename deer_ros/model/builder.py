@@ -1,6 +1,7 @@
 """Build a :class:`DeerVLA` from a config, with pretrained decoder weights where the config asks for them."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -59,3 +60,23 @@ def load_model(source: str | Path, num_exits: int | None = None, device: str | t
     if num_exits is not None:
         model.truncate(num_exits)
     return model.to(device).eval()
+
+
+def with_proprioception(model: DeerVLA) -> DeerVLA:
+    """``model`` with ``use_proprio`` turned on: every weight kept, the robot-state layers new.
+
+    The new robot-state token starts from random init and joins the
+    cross-attention (a small change to the features where the gates are
+    open); its skip to the exit features starts at zero. Used to add
+    proprioception to a trained vision-only policy (``deer-ros train
+    --add-proprio``), which is how the shipped default policy was made.
+    """
+    if model.config.use_proprio:
+        return model
+    config = dataclasses.replace(model.config, use_proprio=True)
+    extended = DeerVLA(config).to(next(model.parameters()).device)
+    missing, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
+    new = {name for name, _ in extended.named_parameters() if name.startswith(('proprio_proj.', 'proprio_to_exit.'))}
+    if set(missing) != new or unexpected:
+        raise ConfigError(f'cannot add proprioception: missing {sorted(set(missing) - new)}, unexpected {unexpected}')
+    return extended

@@ -18,6 +18,8 @@ _HELP = {
     'data': 'dataset root holding training/ and validation/ (CALVIN layout)',
     'output': 'run directory: policy/, last/, metrics.csv',
     'model': 'config name (tiny, smollm2), config file, or checkpoint directory to start from',
+    'add_proprio': 'start from --model with proprioception added (use_proprio; its new robot-state layers are '
+                   'fresh, so the start acts like --model)',
     'window': 'frames per training window',
     'stride': 'frames between training-window starts',
     'batch_size': 'windows per process and step',
@@ -48,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, required=True, help=help_text)
         elif field.name == 'freeze':
             parser.add_argument(flag, nargs='*', choices=sorted(GROUPS), default=None, help=help_text)
+        elif field.name == 'add_proprio':
+            parser.add_argument(flag, action='store_true', help=help_text)
         elif field.name == 'progress':
             parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
         else:

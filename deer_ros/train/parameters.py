@@ -16,7 +16,7 @@ from deer_ros.model.modeling_deer import DeerVLA
 # group -> top-level attributes of DeerVLA
 GROUPS: dict[str, tuple[str, ...]] = {
     'vision': ('vision_encoders',),
-    'resampler': ('resamplers', 'proprio_proj'),
+    'resampler': ('resamplers', 'proprio_proj', 'proprio_to_exit'),
     'cross_attention': ('cross_attention',),
     'embeddings': ('embed_tokens',),
     'decoder': ('layers',),

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
 from deer_ros.budget.collect import collect_calibration
 from deer_ros.model import load_model
+from deer_ros.model.builder import with_proprioception
 from deer_ros.model.tokenization import InstructionTokenizer
 from deer_ros.sim.dataset import LanguageWindows
 
@@ -81,6 +82,8 @@ class Trainer:
         else:
             torch.manual_seed(config.seed)  # the same initial weights on every rank
             model = load_model(config.model, device=device)
+            if config.add_proprio:
+                model = with_proprioception(model)
             self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight).to(device)
         # The head is trained on `window`-step histories: the policy replays that many at run time.
         model.config.head.history_window = config.window

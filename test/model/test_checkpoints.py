@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from deer_ros.model import CheckpointError, ConfigError, DeerConfig, DeerVLA, load_config, load_model
+from deer_ros.model.builder import with_proprioception
 from deer_ros.policy.early_exit import EarlyExitPolicy
 from deer_ros.policy.exit_criterion import ExitCriterion
 from deer_ros.policy.types import Observation
@@ -92,3 +93,15 @@ def test_empty_instruction_is_rejected(tiny_model, tiny_costs, random_observatio
     policy = EarlyExitPolicy(tiny_model, ExitCriterion.always_last(6), tiny_costs)
     with pytest.raises(ValueError, match='non-empty'):
         policy.step(random_observations(1)[0], '  ')
+
+
+def test_adding_proprioception_keeps_every_weight() -> None:
+    torch.manual_seed(0)
+    model = DeerVLA(load_config('tiny'))
+    extended = with_proprioception(model)
+    assert extended.config.use_proprio and not model.config.use_proprio
+    state = extended.state_dict()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(state[name], tensor)
+    assert not extended.proprio_to_exit.weight.any() and not extended.proprio_to_exit.bias.any()
+    assert with_proprioception(extended) is extended

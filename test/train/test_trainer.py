@@ -46,6 +46,15 @@ def test_short_run_lowers_the_loss(demo_data, small_config_file, tmp_path):
     assert result.val_metrics['val/mixed'] == pytest.approx(val[40], rel=1e-4)
 
 
+def test_add_proprio_extends_a_vision_only_checkpoint(demo_data, small_config_file, tmp_path):
+    vision_only = tmp_path / 'vision_only'
+    load_model(small_config_file).save_pretrained(vision_only)
+    result = train(_config(demo_data, tmp_path / 'run', vision_only, add_proprio=True, joint_steps=2, head_steps=1,
+                           calibration_windows=0))
+    policy = load_model(result.policy_dir)
+    assert policy.config.use_proprio and policy.proprio_to_exit.weight.any()  # the skip trained away from zero
+
+
 def test_outputs_round_trip_and_resume_matches_an_uninterrupted_run(demo_data, small_config_file, tmp_path):
     straight = tmp_path / 'straight'
     assert cli.main(['train', '--data', str(demo_data), '--output', str(straight), '--model', str(small_config_file),
