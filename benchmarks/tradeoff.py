@@ -51,7 +51,7 @@ def confidence_interval(successes: list[int]) -> float:
 
 
 def settings_for(source: str, budgets: list[float] | None, num_budgets: int) -> tuple[list[Setting], object]:
-    """Static truncation at every exit, then DeeR budgets (given, or spread over the feasible range)."""
+    """Static truncation at every exit and DeeR budgets (given, or spread over the feasible range)."""
     runtime = PolicyRuntime(source)
     table = runtime.cost_table
     settings = [Setting(f'static exit {k + 1}', 'static', Budget(peak_gflops=table.llm_gflops[k]))
@@ -59,8 +59,9 @@ def settings_for(source: str, budgets: list[float] | None, num_budgets: int) -> 
     if budgets is None:
         low, high = runtime.feasible_average()
         budgets = list(np.linspace(low, high, num_budgets + 2)[1:-1])
-    settings += [Setting(f'DeeR {b:.4g}', 'deer', Budget(avg_gflops=float(b))) for b in budgets]
-    return settings, table
+    deer = [Setting(f'DeeR {b:.4g}', 'deer', Budget(avg_gflops=float(b))) for b in budgets]
+    # Full depth first, then DeeR, then the shallower static exits: an interrupted run keeps the headline rows.
+    return [settings[-1], *deer, *settings[-2::-1]], table
 
 
 def row_for(setting: Setting, report: EvaluationReport, table) -> dict:
@@ -82,9 +83,10 @@ def row_for(setting: Setting, report: EvaluationReport, table) -> dict:
 
 
 def headlines(rows: list[dict]) -> dict:
-    full = [r for r in rows if r['kind'] == 'static'][-1]
+    """Ratio full depth / cheapest DeeR setting at least as successful (none when full depth solves nothing)."""
+    full = max((r for r in rows if r['kind'] == 'static'), key=lambda r: r['avg_llm_gflops'])
     deer = [r for r in rows if r['kind'] == 'deer']
-    matching = [r for r in deer if r['average_length'] >= full['average_length']]
+    matching = [r for r in deer if r['average_length'] >= full['average_length'] > 0]
     best = min(matching, key=lambda r: r['avg_llm_gflops'], default=None)
     return {'full_depth_average_length': full['average_length'],
             'full_over_deer_gflops_at_equal_success':
@@ -114,7 +116,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def markdown(rows: list[dict], head: dict) -> str:
     lines = ['| setting | avg len ± 95% CI | avg LLM GFLOPs | peak LLM GFLOPs | avg total GFLOPs | params MiB '
              '| avg exit | step ms | budget error |', '|---|---|---|---|---|---|---|---|---|']
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r['kind'], r['avg_llm_gflops'])):
         error = f"{r['budget_error'] * 100:+.1f}%" if 'budget_error' in r else ''
         lines.append(f"| {r['name']} | {r['average_length']:.2f} ± {r['ci95']:.2f} | {r['avg_llm_gflops']:.4f} | "
                      f"{r['peak_llm_gflops']:.4f} | {r['avg_total_gflops']:.4f} | {r['param_mib']:.1f} | "
@@ -143,22 +145,25 @@ def main() -> None:
 
     settings, table = settings_for(args.source, args.budgets, args.num_budgets)
     if args.reduced:  # first and last static exit only
-        settings = [s for s in settings if s.kind == 'deer' or s.name in (settings[0].name, f'static exit {table.num_exits}')]
+        settings = [s for s in settings if s.kind == 'deer' or s.name in ('static exit 1', f'static exit {table.num_exits}')]
     [chains] = disjoint_subsets(generate_chains(list(SUPPORTED_TASKS), DEFAULT_NUM_CHAINS), [args.chains], args.offset)
-    rows = []
+    rows: list[dict] = []
     for setting in settings:
-        print(f'== {setting.name}')
+        print(f'== {setting.name}', flush=True)
         report = evaluate(chains, EmbeddedSim(args.scene), ChainPolicyFactory(args.source, setting.budget),
                           workers=args.workers, max_steps=args.max_steps)
         rows.append(row_for(setting, report, table))
+        write_outputs(args, table, rows)  # after every setting, so an interrupted run keeps what it measured
+    print(markdown(rows, headlines(rows)))
+
+
+def write_outputs(args: argparse.Namespace, table, rows: list[dict]) -> None:
     head = headlines(rows)
     (args.output / 'results.json').write_text(json.dumps(
         {'source': args.source, 'chains': args.chains, 'offset': args.offset, 'max_steps': args.max_steps,
          'cost_table': asdict(table), 'rows': rows, 'headlines': head}, indent=1))
     plot(rows, args.output / 'tradeoff.png')
-    text = markdown(rows, head)
-    (args.output / 'table.md').write_text(text + '\n')
-    print(text)
+    (args.output / 'table.md').write_text(markdown(rows, head) + '\n')
 
 
 if __name__ == '__main__':

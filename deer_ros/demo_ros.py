@@ -93,6 +93,8 @@ def run_ros_chains(source: str, params_file: Path, budget_overrides: dict[str, f
     if calvin_dataset:
         bridge_params['calvin_dataset'] = calvin_dataset
     logs = Path(tempfile.mkdtemp(prefix='deer_demo_'))
+    print(f'policy: {source}   params: {params_file}   budget overrides: {budget_overrides or "none"}   '
+          f'node logs: {logs}')
     processes = []
     rclpy.init()
     try:
