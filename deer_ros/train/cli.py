@@ -30,6 +30,8 @@ _HELP = {
     'head_stage_lr': 'shared-head learning rate in the heads stage',
     'state_weight': 'weight of an auxiliary robot-state regression from the camera tokens in the joint stage '
                     '(not upstream; helps a vision stack trained from scratch); 0 = off',
+    'task_weight': 'weight of an auxiliary task classification (CALVIN task names) from the exit features in the '
+                   'joint stage (not upstream; helps a decoder trained from scratch tell instructions apart); 0 = off',
     'freeze': f'parameter groups frozen in the joint stage ({", ".join(GROUPS)}); '
               'default: a pretrained decoder and its embeddings when the model config says freeze_pretrained; '
               'a bare --freeze trains everything',

@@ -39,6 +39,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     gripper_weight: float = 0.01
     state_weight: float = 0.0           # robot-state probe on the visual tokens (joint stage); 0 = off, as upstream
+    task_weight: float = 0.0            # task-name probe on the exit features (joint stage); 0 = off, as upstream
     static_pad: int = 10
     gripper_pad: int = 4
     freeze: list[str] | None = None     # parameter groups frozen in the joint stage; None = model default
@@ -64,7 +65,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('joint_steps', 'head_steps', 'warmup_steps', 'val_windows', 'calibration_windows',
-                     'static_pad', 'gripper_pad', 'num_workers', 'threads', 'state_weight'):
+                     'static_pad', 'gripper_pad', 'num_workers', 'threads', 'state_weight', 'task_weight'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
 

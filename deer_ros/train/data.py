@@ -17,8 +17,11 @@ from torch.utils.data import Dataset, Sampler
 
 from deer_ros.model.tokenization import InstructionTokenizer
 from deer_ros.sim.dataset import LanguageWindows
+from deer_ros.sim.language import TASK_LANGUAGE
 
 Batch = dict[str, torch.Tensor]
+TASK_NAMES: tuple[str, ...] = tuple(TASK_LANGUAGE)  # CALVIN's 34 tasks: the task probe's classes
+UNKNOWN_TASK = -100  # cross-entropy's ignore index
 
 
 def window_keys(robot_obs: bool) -> tuple[str, ...]:
@@ -42,7 +45,8 @@ class ActionWindows(Dataset):
         actions = window.frames['rel_actions'].astype(np.float32)
         sample = {'rgb_static': window.frames['rgb_static'], 'rgb_gripper': window.frames['rgb_gripper'],
                   'pose': np.clip(actions[:, :6], -1.0, 1.0), 'gripper': (actions[:, 6] > 0).astype(np.float32),
-                  'instruction': window.instruction}
+                  'instruction': window.instruction,
+                  'task': np.int64(TASK_NAMES.index(window.task) if window.task in TASK_NAMES else UNKNOWN_TASK)}
         if 'robot_obs' in window.frames:
             sample['robot_obs'] = window.frames['robot_obs'].astype(np.float32)
         return sample
@@ -55,7 +59,7 @@ class WindowCollator:
         self.tokenizer = tokenizer
 
     def __call__(self, samples: list[dict[str, Any]]) -> Batch:
-        batch = {key: torch.from_numpy(np.stack([s[key] for s in samples]))
+        batch = {key: torch.as_tensor(np.stack([s[key] for s in samples]))
                  for key in samples[0] if key != 'instruction'}
         batch['input_ids'], batch['text_mask'] = self.tokenizer([s['instruction'] for s in samples])
         return batch

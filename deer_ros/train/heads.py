@@ -5,8 +5,8 @@ inference happened to take, so DeeR trains it on two kinds of mixed
 histories: (s1) an independent random exit at every step, and (s2) one
 random exit up to a random switch point and another after it. Auxiliary
 heads, one per exit, shape each exit's features for acting, and the optional
-state probe shapes the visual tokens; they are used only in training and
-never shipped.
+state probe shapes the visual tokens and the optional task probe the
+instruction path; they are used only in training and never shipped.
 """
 from __future__ import annotations
 
@@ -72,3 +72,25 @@ class StateProbe(nn.Module):
         """MSE between the prediction from ``visual`` (N, V, D) and the standardised ``state`` (N, state_dim)."""
         prediction = self.linear(visual[:, :self.camera_tokens].flatten(1).float())
         return F.mse_loss(prediction, (state.float() - self.mean) / self.std)
+
+
+class TaskProbe(nn.Module):
+    """Linear read-out of the task (one of CALVIN's 34) from every exit feature of every frame.
+
+    An optional training-only auxiliary (not in upstream DeeR), the language
+    counterpart of :class:`StateProbe`: a randomly initialised byte-level
+    decoder must learn from the action loss alone that ~170 paraphrases name
+    34 tasks, which a CPU budget does not give it; a cross-entropy on the
+    task name gives the instruction path a direct signal. Windows of unknown
+    tasks (index -100) are ignored.
+    """
+
+    def __init__(self, feature_dim: int, num_tasks: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, num_tasks)
+
+    def loss(self, features: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``features`` (B, T, num_exits, D) against ``task`` (B,), averaged over frames and exits."""
+        logits = self.linear(features.float())
+        target = task.to(logits.device)[:, None, None].expand(logits.shape[:-1])
+        return F.cross_entropy(logits.flatten(0, 2), target.flatten(), ignore_index=-100)

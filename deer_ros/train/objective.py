@@ -5,8 +5,8 @@ a single object and sees every trainable parameter in ``forward``.
 
 * ``joint`` stage: exit features with gradients; loss = one term per
   auxiliary head (each on its own exit) + the shared head on an (s1) and an
-  (s2) mixed-exit history (+ ``state_weight`` x the state-probe loss when
-  that option is on).
+  (s2) mixed-exit history (+ ``state_weight`` x the state-probe loss and
+  ``task_weight`` x the task-probe loss when those options are on).
 * ``heads`` stage: the backbone is frozen and run under ``no_grad``; only the
   shared head trains, on (s1) + (s2). The auxiliary heads are left out: they
   exist to shape backbone features, which this stage no longer changes, and
@@ -22,8 +22,9 @@ from torch import nn
 from deer_ros.model.modeling_deer import DeerVLA
 
 from .config import STAGES
+from .data import TASK_NAMES
 from .data import Batch
-from .heads import AuxiliaryHeads, StateProbe, gather_exits
+from .heads import AuxiliaryHeads, StateProbe, TaskProbe, gather_exits
 from .losses import action_loss
 from .parameters import GROUPS, set_trainable
 
@@ -31,20 +32,23 @@ from .parameters import GROUPS, set_trainable
 class MultiExitObjective(nn.Module):
     """``forward(batch, s1_exits, s2_exits)`` -> named loss terms (their sum is what gets minimised)."""
 
-    def __init__(self, model: DeerVLA, gripper_weight: float = 0.01, state_weight: float = 0.0) -> None:
+    def __init__(self, model: DeerVLA, gripper_weight: float = 0.01, state_weight: float = 0.0,
+                 task_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.aux_heads = AuxiliaryHeads(model.config.head, model.config.decoder.hidden_size, model.num_exits)
         resampler = model.config.resampler
         self.state_probe = StateProbe(len(model.CAMERAS) * resampler.num_latents, resampler.hidden_size) \
             if state_weight > 0 else None
+        self.task_probe = TaskProbe(model.config.decoder.hidden_size, len(TASK_NAMES)) if task_weight > 0 else None
         self.gripper_weight = gripper_weight
         self.state_weight = state_weight
+        self.task_weight = task_weight
         self.stage = STAGES[0]
 
     def training_heads(self) -> list[nn.Module]:
         """Modules that exist only for training (never part of the saved policy)."""
-        return [self.aux_heads] + ([self.state_probe] if self.state_probe is not None else [])
+        return [self.aux_heads] + [probe for probe in (self.state_probe, self.task_probe) if probe is not None]
 
     def training_state(self) -> dict[str, torch.Tensor]:
         """Tensors of the training-only modules, for resume points."""
@@ -96,6 +100,8 @@ class MultiExitObjective(nn.Module):
                  for k, head in enumerate(self.aux_heads)} if joint else {}
         if joint and self.state_probe is not None:
             terms['state'] = self.state_weight * self.state_probe.loss(visual, batch['robot_obs'].flatten(0, 1))
+        if joint and self.task_probe is not None:
+            terms['task'] = self.task_weight * self.task_probe.loss(features, batch['task'])
         terms['s1'] = self._loss(self.model.action_head, gather_exits(features, s1_exits), batch)
         terms['s2'] = self._loss(self.model.action_head, gather_exits(features, s2_exits), batch)
         return terms

@@ -77,14 +77,16 @@ class Trainer:
         self.point: ResumePoint | None = None
         if resume and has_resume_point(self.output / LAST_DIR):
             model, training_heads, self.point = load_resume_point(self.output / LAST_DIR, device)
-            self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight).to(device)
+            self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight,
+                                                config.task_weight).to(device)
             self.objective.load_training_state(training_heads)
         else:
             torch.manual_seed(config.seed)  # the same initial weights on every rank
             model = load_model(config.model, device=device)
             if config.add_proprio:
                 model = with_proprioception(model)
-            self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight).to(device)
+            self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight,
+                                                config.task_weight).to(device)
         # The head is trained on `window`-step histories: the policy replays that many at run time.
         model.config.head.history_window = config.window
         self.robot_obs = model.config.use_proprio or config.state_weight > 0

@@ -12,6 +12,7 @@ from deer_ros.model import DeerVLA, load_config
 from deer_ros.model.modeling_deer import HeadOutput
 from deer_ros.model.tokenization import InstructionTokenizer
 from deer_ros.train.config import TrainConfig
+from deer_ros.train.data import TASK_NAMES, UNKNOWN_TASK
 from deer_ros.train.heads import gather_exits, per_step_exits, switching_exits
 from deer_ros.train.losses import action_loss
 from deer_ros.train.objective import MultiExitObjective
@@ -77,7 +78,8 @@ def _batch(model: DeerVLA, windows: int = 2, steps: int = 3) -> dict[str, torch.
             'rgb_gripper': torch.randint(0, 256, (windows, steps, 84, 84, 3), dtype=torch.uint8, generator=generator),
             'pose': torch.rand(windows, steps, 6, generator=generator) * 2 - 1,
             'gripper': torch.randint(0, 2, (windows, steps), generator=generator).float(),
-            'robot_obs': torch.randn(windows, steps, 15, generator=generator), 'input_ids': ids, 'text_mask': mask}
+            'robot_obs': torch.randn(windows, steps, 15, generator=generator), 'input_ids': ids, 'text_mask': mask,
+            'task': torch.tensor([TASK_NAMES.index('open_drawer'), UNKNOWN_TASK][:windows])}
 
 
 def _backward(objective: MultiExitObjective) -> dict[str, torch.Tensor]:
@@ -171,6 +173,19 @@ def test_state_probe_reaches_the_vision_stack_behind_closed_gates(state_weight):
         assert 'state' in terms and _grad_norm([objective.state_probe]) > 0 and vision_grad > 0
     else:
         assert 'state' not in terms and objective.state_probe is None and vision_grad == 0
+
+
+def test_task_probe_trains_the_instruction_path_and_ignores_unknown_tasks():
+    torch.manual_seed(0)
+    objective = MultiExitObjective(DeerVLA(small_config()), task_weight=1.0)
+    objective.set_stage('joint')
+    terms = _backward(objective)
+    assert 'task' in terms and torch.isfinite(terms['task'])
+    assert _grad_norm([objective.task_probe]) > 0 and _grad_norm([objective.model.layers, objective.model.embed_tokens]) > 0
+    assert objective.task_probe in objective.training_heads()
+    features = torch.randn(2, 3, objective.model.num_exits, objective.model.config.decoder.hidden_size)
+    only_known = objective.task_probe.loss(features[:1], torch.tensor([0]))
+    torch.testing.assert_close(objective.task_probe.loss(features, torch.tensor([0, UNKNOWN_TASK])), only_known)
 
 
 def test_state_probe_in_training_state_and_out_of_the_heads_stage():
