@@ -2,14 +2,15 @@
 # Reproduce the shipped default policy (deer_ros/pretrained/tiny) end to end on the embedded simulator:
 #   1. collect scripted-expert demonstrations in CALVIN format      (deer-ros collect)
 #   2. train the tiny multi-exit model from images only, joint + heads stages  (deer-ros train)
-#   3. add proprioception (robot-state token + skip to every exit) and train on (deer-ros train --add-proprio),
+#   3. add proprioception (robot-state token + skip to every exit) and train on with the task probe
+#      (deer-ros train --add-proprio --task-weight 0.1),
 #      writing the calibration file beside the weights
 #   4. evaluate it on 5-instruction chains                          (deer-ros evaluate)
 #   5. install config.json, model.safetensors, calibration.npz, train_config.json and
 #      evaluation.json into deer_ros/pretrained/tiny/
 #
 # Knobs (environment variables, defaults in brackets): WORK [runs/default_policy], DEMOS [400],
-# CHAIN_LENGTH [1], JOINT_STEPS [2000], HEAD_STEPS [300], PROPRIO_STEPS [1500], BATCH [4], CHAINS [32],
+# CHAIN_LENGTH [1], JOINT_STEPS [2000], HEAD_STEPS [300], PROPRIO_STEPS [2250], BATCH [4], CHAINS [32],
 # THREADS [1], SEED [1], INSTALL_DIR [deer_ros/pretrained/tiny].
 # Re-running skips a finished collection and resumes an interrupted training run.
 # --state-weight 1: the tiny model's vision stack starts from random weights; without the robot-state
@@ -28,7 +29,7 @@ DEMOS="${DEMOS:-400}"
 CHAIN_LENGTH="${CHAIN_LENGTH:-1}"
 JOINT_STEPS="${JOINT_STEPS:-2000}"
 HEAD_STEPS="${HEAD_STEPS:-300}"
-PROPRIO_STEPS="${PROPRIO_STEPS:-1500}"
+PROPRIO_STEPS="${PROPRIO_STEPS:-2250}"
 BATCH="${BATCH:-4}"
 CHAINS="${CHAINS:-32}"
 THREADS="${THREADS:-1}"
@@ -57,7 +58,7 @@ echo "== train done at ${SECONDS}s"
 echo "== train with proprioception: $PROPRIO_STEPS joint + 200 head steps"
 "$PY" -m deer_ros.cli train --data "$WORK/data" --output "$WORK/train_proprio" --model "$WORK/train/policy" \
   --add-proprio --joint-steps "$PROPRIO_STEPS" --head-steps 200 --batch-size "$BATCH" \
-  --lr 3e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 25 --schedule cosine --state-weight 1 \
+  --lr 3e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 25 --schedule cosine --state-weight 1 --task-weight 0.1 \
   --log-every 25 --eval-every 200 --save-every 200 --val-windows 64 --calibration-windows 256 \
   --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume
 echo "== proprio train done at ${SECONDS}s"
