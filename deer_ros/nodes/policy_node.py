@@ -65,7 +65,7 @@ PARAMETERS = (
               'peak limit; 0 = no limit.', limits=(0.0, 1.0e7)),
     ParamSpec('budget.cost_kind', 'llm', 'What the GFLOPs budgets count: llm (decoder only, the DeeR paper unit) '
               'or total (vision + decoder + action heads).', read_only=True, choices=('llm', 'total')),
-    ParamSpec('checkpoint', '', 'Checkpoint directory (config.json + model.safetensors, calibration.npz beside '
+    ParamSpec('checkpoint', 'tiny', 'Checkpoint directory (config.json + model.safetensors, calibration.npz beside '
               'them) or the name of a policy shipped with the package (tiny = the trained default policy); '
               'empty = build model_config with seeded random init.', read_only=True),
     ParamSpec('model_config', 'tiny', 'Shipped config name (tiny, smollm2, deer-3b) or config file, used when '
