@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from deer_ros.nodes.robot_state import robot_obs_from_ros
 from deer_ros.policy.early_exit import NonFiniteActionError
 from deer_ros.policy.runtime import PolicyRuntime
-from deer_ros.nodes.robot_state import robot_obs_from_ros
 from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN, Action, ExitInfo, Observation
 
 STATIC_CAMERA = 'static camera'

@@ -17,7 +17,6 @@ from std_msgs.msg import Header
 
 ARM_JOINTS = tuple(f'panda_joint{i}' for i in range(1, 8))
 FINGER_JOINTS = ('panda_finger_joint1', 'panda_finger_joint2')
-ROBOT_OBS_DIM = 15
 
 
 def joint_state_msg(robot_obs: np.ndarray, header: Header) -> JointState:

@@ -18,8 +18,8 @@ _HELP = {
     'data': 'dataset root holding training/ and validation/ (CALVIN layout)',
     'output': 'run directory: policy/, last/, metrics.csv',
     'model': 'config name (tiny, smollm2), config file, or checkpoint directory to start from',
-    'add_proprio': 'start from --model with proprioception added (use_proprio; its new robot-state layers are '
-                   'fresh, so the start acts like --model)',
+    'add_proprio': 'start from --model with proprioception added (use_proprio): every weight kept, the new '
+                   'robot-state token random, its skip to the exit features zero',
     'window': 'frames per training window',
     'stride': 'frames between training-window starts',
     'batch_size': 'windows per process and step',

@@ -16,6 +16,9 @@ from torch import nn
 
 from deer_ros.model.configuration_deer import HeadConfig
 from deer_ros.model.modeling_deer import ActionHead
+from deer_ros.policy.types import PROPRIO_DIM
+
+from .data import UNKNOWN_TASK
 
 
 def per_step_exits(batch: int, steps: int, num_exits: int, generator: torch.Generator) -> torch.Tensor:
@@ -57,7 +60,7 @@ class StateProbe(nn.Module):
     camera tokens gives the vision stack a direct signal from the first step.
     """
 
-    def __init__(self, camera_tokens: int, token_dim: int, state_dim: int = 15) -> None:
+    def __init__(self, camera_tokens: int, token_dim: int, state_dim: int = PROPRIO_DIM) -> None:
         super().__init__()
         self.camera_tokens = camera_tokens
         self.linear = nn.Linear(camera_tokens * token_dim, state_dim)
@@ -82,7 +85,7 @@ class TaskProbe(nn.Module):
     decoder must learn from the action loss alone that ~170 paraphrases name
     34 tasks, which a CPU budget does not give it; a cross-entropy on the
     task name gives the instruction path a direct signal. Windows of unknown
-    tasks (index -100) are ignored.
+    tasks (``UNKNOWN_TASK``) are ignored.
     """
 
     def __init__(self, feature_dim: int, num_tasks: int) -> None:
@@ -93,4 +96,4 @@ class TaskProbe(nn.Module):
         """Cross-entropy of ``features`` (B, T, num_exits, D) against ``task`` (B,), averaged over frames and exits."""
         logits = self.linear(features.float())
         target = task.to(logits.device)[:, None, None].expand(logits.shape[:-1])
-        return F.cross_entropy(logits.flatten(0, 2), target.flatten(), ignore_index=-100)
+        return F.cross_entropy(logits.flatten(0, 2), target.flatten(), ignore_index=UNKNOWN_TASK)
