@@ -2,8 +2,10 @@
 
 The demo process starts both nodes (``python -m ...`` with the params file,
 so it needs no ``ros2 launch``), listens to the bridge's per-chain results
-(progress bar), the policy's ``ExitStats`` (exit histogram, latency) and the
-bridge's latched summary, prints them and stops the nodes. It uses
+(progress bar) and its latched summary, prints them and stops the nodes. The
+exit histogram and latency come from that summary, which the bridge builds from
+the policy's ``ExitStats`` of exactly the executed steps: a subscription of
+its own here could miss the first steps while DDS discovery is still running. It uses
 ``ROS_DOMAIN_ID`` when set, else a random domain in 100-199, so a demo never
 talks to robots on the default domain.
 """
@@ -17,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -41,25 +42,20 @@ def _stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 class _Listener:
-    """Collects chain results, exit statistics and the final summary from the two nodes."""
+    """Collects the bridge's chain results (progress bar) and its final summary."""
 
     def __init__(self, num_chains: int) -> None:
         import rclpy
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from std_msgs.msg import String
 
-        from deer_ros.msg import ExitStats
-
         self.node = rclpy.create_node('deer_demo')
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
         self.summary: dict | None = None
-        self.exits: Counter[int] = Counter()
-        self.latency_ms: list[float] = []
         self.bar = tqdm(total=num_chains, desc='chains', unit='chain')
         self.lengths: list[int] = []
         self.node.create_subscription(String, 'evaluation/chain_result', self._on_chain, 100)
         self.node.create_subscription(String, 'evaluation/summary', self._on_summary, latched)
-        self.node.create_subscription(ExitStats, 'exit_stats', self._on_stats, 100)
 
     def _on_chain(self, msg) -> None:
         self.lengths.append(int(json.loads(msg.data)['successes']))
@@ -69,14 +65,9 @@ class _Listener:
     def _on_summary(self, msg) -> None:
         self.summary = json.loads(msg.data)
 
-    def _on_stats(self, msg) -> None:
-        self.exits[int(msg.exit_index)] += 1
-        self.latency_ms.append(float(msg.step_latency_ms))
-
 
 def run_ros_chains(source: str, params_file: Path, budget_overrides: dict[str, float], num_chains: int,
                    max_steps: int, backend: str, calvin_dataset: str | None, timeout_s: float) -> int:
-    import numpy as np
     import rclpy
 
     env = dict(os.environ)
@@ -116,7 +107,6 @@ def run_ros_chains(source: str, params_file: Path, budget_overrides: dict[str, f
         summary = listener.summary
         if 'error' in summary:
             raise SystemExit(f"evaluation failed: {summary['error']} (node logs in {logs})")
-        total = sum(listener.exits.values())
         gflops = summary.get('gflops', {})
         print(f"\nchains: {summary['num_chains']}   average successful length: {summary['average_length']:.3f}")
         print('success rate: ' + '  '.join(f'{k}/5: {v * 100:5.1f}%' for k, v in summary['success_rates'].items()))
@@ -124,11 +114,11 @@ def run_ros_chains(source: str, params_file: Path, budget_overrides: dict[str, f
               f"peak {gflops.get('peak_llm_gflops', float('nan')):.4f}")
         print(f"total GFLOPs avg {gflops.get('avg_total_gflops', float('nan')):.4f}   "
               f"peak {gflops.get('peak_total_gflops', float('nan')):.4f}")
-        if total:
-            print('exit histogram: ' + '  '.join(f'exit {k}: {listener.exits[k] / total:6.1%}'
-                                                for k in sorted(listener.exits)))
-            print(f'step latency ms  p50 {np.percentile(listener.latency_ms, 50):.1f}   '
-                  f'p99 {np.percentile(listener.latency_ms, 99):.1f}')
+        if gflops.get('policy_steps'):
+            print('exit histogram: ' + '  '.join(f'exit {k}: {share:6.1%}'
+                                                for k, share in sorted(gflops['exit_histogram'].items(),
+                                                                       key=lambda item: int(item[0]))))
+            print(f"step latency ms  p50 {gflops['latency_ms_p50']:.1f}   p99 {gflops['latency_ms_p99']:.1f}")
         return 0
     finally:
         for _, process in processes:

@@ -38,7 +38,7 @@ def test_demo_runs_a_short_chain_through_ros_with_the_shipped_policy(ros_domain_
                            '--timeout', '300'], check=True, cwd=ROOT, timeout=400, capture_output=True, text=True)
     assert 'deer_ros/pretrained/tiny' in done.stdout
     assert 'chains: 1   average successful length: 0.000' in done.stdout  # 4 steps cannot finish a subtask
-    assert 'exit histogram: exit' in done.stdout and 'LLM GFLOPs   avg' in done.stdout
+    assert 'exit histogram: exit' in done.stdout and 'LLM GFLOPs   avg' in done.stdout and 'p99' in done.stdout
 
 
 def test_reproduce_script_runs_end_to_end_in_a_smoke_run(tmp_path: Path) -> None:

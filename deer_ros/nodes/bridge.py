@@ -90,22 +90,25 @@ class ActionMailbox:
 
 
 class StepStats:
-    """ExitStats by stamp, so a chain's GFLOPs cover exactly the policy steps the simulator executed."""
+    """ExitStats by stamp, so a chain's figures cover exactly the policy steps the simulator executed."""
+
+    COLUMNS = ('llm_gflops', 'total_gflops', 'exit_index', 'step_latency_ms')
 
     def __init__(self, keep: int = 10_000) -> None:
-        self._by_stamp: dict[int, tuple[float, float, int]] = {}
+        self._by_stamp: dict[int, tuple[float, float, int, float]] = {}
         self._keep = keep
         self._condition = threading.Condition()
 
-    def record(self, stamp_ns: int, llm_gflops: float, total_gflops: float, exit_index: int) -> None:
+    def record(self, stamp_ns: int, llm_gflops: float, total_gflops: float, exit_index: int,
+               step_latency_ms: float) -> None:
         with self._condition:
-            self._by_stamp[stamp_ns] = (llm_gflops, total_gflops, exit_index)
+            self._by_stamp[stamp_ns] = (llm_gflops, total_gflops, exit_index, step_latency_ms)
             while len(self._by_stamp) > self._keep:
                 del self._by_stamp[next(iter(self._by_stamp))]
             self._condition.notify_all()
 
     def collect(self, stamps: list[int], timeout: float = 1.0) -> np.ndarray:
-        """``(n, 3)`` rows (llm, total, exit) for ``stamps``; waits up to ``timeout`` s for late messages.
+        """``(n, 4)`` rows (:attr:`COLUMNS`) for ``stamps``; waits up to ``timeout`` s for late messages.
 
         ExitStats travel on their own topic and can arrive after the action they
         describe; the bridge passes its action timeout, so a loaded machine
@@ -114,17 +117,25 @@ class StepStats:
         with self._condition:
             self._condition.wait_for(lambda: all(s in self._by_stamp for s in stamps), timeout)
             rows = [self._by_stamp.pop(s) for s in stamps if s in self._by_stamp]
-        return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+        return np.asarray(rows, dtype=np.float64).reshape(-1, len(self.COLUMNS))
 
 
-def gflops_summary(rows: np.ndarray) -> dict[str, float | int]:
-    """Average and peak GFLOPs per executed policy step, and the mean 1-based exit."""
+def step_summary(rows: np.ndarray) -> dict[str, object]:
+    """Per executed policy step: average and peak GFLOPs, mean exit, exit histogram, latency percentiles.
+
+    The bridge publishes this with each evaluation, so a listener (the demo, the
+    benchmark) reads complete figures without racing DDS discovery of ``exit_stats``.
+    """
     if rows.size == 0:
         return {'policy_steps': 0}
+    exits, counts = np.unique(rows[:, 2].astype(int), return_counts=True)
     return {'policy_steps': int(rows.shape[0]),
             'avg_llm_gflops': float(rows[:, 0].mean()), 'peak_llm_gflops': float(rows[:, 0].max()),
             'avg_total_gflops': float(rows[:, 1].mean()), 'peak_total_gflops': float(rows[:, 1].max()),
-            'mean_exit': float(rows[:, 2].mean())}
+            'mean_exit': float(rows[:, 2].mean()),
+            'exit_histogram': {str(k): float(c / rows.shape[0]) for k, c in zip(exits, counts)},
+            'latency_ms_p50': float(np.percentile(rows[:, 3], 50)),
+            'latency_ms_p99': float(np.percentile(rows[:, 3], 99))}
 
 
 class Interrupted(Exception):

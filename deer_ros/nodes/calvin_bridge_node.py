@@ -32,7 +32,7 @@ from std_srvs.srv import Trigger
 
 from deer_ros.msg import ArmAction, ExitStats
 from deer_ros.nodes.bridge import (STEP_MODES, ActionMailbox, Interrupted, PolicyTimeout, RosPolicy, StepStats,
-                                   gflops_summary, received_action)
+                                   received_action, step_summary)
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
 from deer_ros.nodes.robot_state import joint_state_msg, tcp_pose_msg
@@ -122,7 +122,8 @@ class CalvinBridgeNode(Node):
         self.mailbox.put(received_action(msg.delta, msg.gripper, msg.hold, stamp_ns(msg.header.stamp)))
 
     def _on_exit_stats(self, msg: ExitStats) -> None:
-        self.step_stats.record(stamp_ns(msg.header.stamp), msg.llm_gflops, msg.total_gflops, msg.exit_index)
+        self.step_stats.record(stamp_ns(msg.header.stamp), msg.llm_gflops, msg.total_gflops, msg.exit_index,
+                               msg.step_latency_ms)
 
     def _on_start_evaluation(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         if self.evaluating or self._evaluate.is_set():
@@ -257,7 +258,7 @@ class CalvinBridgeNode(Node):
                 results.append(result)
                 rows.append(chain_rows)
                 self.chain_pub.publish(String(data=json.dumps({**result.to_json(),
-                                                               'gflops': gflops_summary(chain_rows)})))
+                                                               'gflops': step_summary(chain_rows)})))
                 self.get_logger().info(f'chain {index}: {result.successes}/5 subtasks')
         except (PolicyTimeout, ValueError) as failure:
             error = str(failure)
@@ -266,7 +267,7 @@ class CalvinBridgeNode(Node):
             self.evaluating = False
         report = EvaluationReport(results)
         summary = {key: value for key, value in report.to_json().items() if key != 'chains'}
-        summary['gflops'] = gflops_summary(np.concatenate(rows) if rows else np.zeros((0, 3)))
+        summary['gflops'] = step_summary(np.concatenate(rows) if rows else np.zeros((0, len(StepStats.COLUMNS))))
         summary['settings'] = {'backend': self.values['backend'], 'scene': self.values['scene'],
                                'step_mode': self.values['step_mode'], 'chain_offset': offset, 'chain_seed': seed,
                                'max_steps': max_steps}

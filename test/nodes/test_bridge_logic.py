@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deer_ros.nodes.bridge import (ActionMailbox, GripperLatch, Interrupted, PolicyTimeout, RosPolicy, StepStats,
-                                   gflops_summary, received_action)
+                                   received_action, step_summary)
 from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN
 
 
@@ -39,14 +39,16 @@ def test_mailbox_gives_only_answers_to_the_current_frame():
 
 def test_step_stats_wait_for_late_exit_stats_and_summarise():
     stats = StepStats()
-    stats.record(1, 0.1, 0.2, 2)
-    threading.Timer(0.05, lambda: stats.record(2, 0.3, 0.5, 6)).start()
+    stats.record(1, 0.1, 0.2, 2, 10.0)
+    threading.Timer(0.05, lambda: stats.record(2, 0.3, 0.5, 6, 30.0)).start()
     rows = stats.collect([1, 2, 3], timeout=0.5)  # 3 never arrives: left out after the timeout
-    assert rows.tolist() == [[0.1, 0.2, 2], [0.3, 0.5, 6]]
-    summary = gflops_summary(rows)
+    assert rows.tolist() == [[0.1, 0.2, 2, 10.0], [0.3, 0.5, 6, 30.0]]
+    summary = step_summary(rows)
     assert summary['policy_steps'] == 2 and summary['peak_llm_gflops'] == 0.3
     assert summary['avg_total_gflops'] == pytest.approx(0.35) and summary['mean_exit'] == 4.0
-    assert gflops_summary(np.zeros((0, 3))) == {'policy_steps': 0}
+    assert summary['exit_histogram'] == {'2': 0.5, '6': 0.5}
+    assert summary['latency_ms_p50'] == pytest.approx(20.0) and 20.0 < summary['latency_ms_p99'] <= 30.0
+    assert step_summary(np.zeros((0, 4))) == {'policy_steps': 0}
 
 
 class _Loop:

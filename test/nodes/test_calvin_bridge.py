@@ -120,7 +120,8 @@ def test_bridge_evaluates_chains_against_the_policy_node(start_node, rclpy_conte
     gflops = summary['gflops']
     # Every executed step was a policy step (no holds) at full depth: the tiny model's cost, 6 of 6 exits.
     # ExitStats travel on their own topic; the bridge waits for the stats of every executed step.
-    assert gflops['policy_steps'] == 4 and gflops['mean_exit'] == 6.0
+    assert gflops['policy_steps'] == 4 and gflops['mean_exit'] == 6.0 and gflops['exit_histogram'] == {'6': 1.0}
+    assert 0 < gflops['latency_ms_p50'] <= gflops['latency_ms_p99']
     assert gflops['avg_llm_gflops'] == gflops['peak_llm_gflops'] > 0
     assert wait_for(lambda: not bridge.running(), 20.0), 'shutdown_after_evaluation should end the bridge'
     assert bridge.stop() == 0, bridge.log
