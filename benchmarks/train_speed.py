@@ -18,7 +18,7 @@ import time
 import torch
 
 from deer_ros.model import load_model
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.train.augment import augment_batch
 from deer_ros.train.config import STAGES, TrainConfig
 from deer_ros.train.objective import MultiExitObjective
@@ -26,11 +26,11 @@ from deer_ros.train.step import StageStep
 
 
 def random_batch(objective: MultiExitObjective, windows: int, steps: int, device: torch.device) -> dict:
-    ids, mask = InstructionTokenizer(objective.model.config.decoder)(['push the blue block to the left'] * windows)
+    ids, mask = InstructionEncoder(objective.model.config.decoder)(['push the blue block to the left'] * windows)
     batch = {'rgb_static': torch.randint(0, 256, (windows, steps, 200, 200, 3), dtype=torch.uint8),
              'rgb_gripper': torch.randint(0, 256, (windows, steps, 84, 84, 3), dtype=torch.uint8),
              'pose': torch.rand(windows, steps, 6) * 2 - 1, 'gripper': torch.randint(0, 2, (windows, steps)).float(),
-             'input_ids': ids, 'text_mask': mask}
+             'text_input': ids, 'text_mask': mask}
     if objective.model.config.use_proprio:
         batch['robot_obs'] = torch.randn(windows, steps, 15)
     return {key: value.to(device) for key, value in batch.items()}

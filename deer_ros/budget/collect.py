@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from deer_ros.budget.calibration import CalibrationData
 from deer_ros.model.modeling_deer import DeerVLA, LSTMState
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.policy.exit_criterion import exit_consistency
 from deer_ros.sim.dataset import LanguageWindows
 
@@ -74,7 +74,7 @@ def window_consistency(model: DeerVLA, features: torch.Tensor, exits: np.ndarray
 
 
 @torch.no_grad()
-def collect_calibration(model: DeerVLA, tokenizer: InstructionTokenizer, windows: LanguageWindows, *,
+def collect_calibration(model: DeerVLA, instruction_encoder: InstructionEncoder, windows: LanguageWindows, *,
                         metric: str = 'rms', positions: Sequence[int] | None = None, batch_size: int = 8,
                         max_windows: int | None = None, seed: int = 0, progress: bool = True,
                         metadata: dict | None = None) -> CalibrationData:
@@ -103,11 +103,11 @@ def collect_calibration(model: DeerVLA, tokenizer: InstructionTokenizer, windows
         proprio = None
         if model.config.use_proprio:
             proprio = torch.from_numpy(np.concatenate([item.frames['robot_obs'] for item in items])).float().to(device)
-        input_ids, mask = tokenizer([item.instruction for item in items])
-        input_ids = input_ids.to(device).repeat_interleave(window, dim=0)
+        text_input, mask = instruction_encoder([item.instruction for item in items])
+        text_input = text_input.to(device).repeat_interleave(window, dim=0)
         mask = mask.to(device).repeat_interleave(window, dim=0)
         visual = model.encode_vision(frames['rgb_static'], frames['rgb_gripper'], proprio)
-        features = model.exit_features(visual, input_ids, mask).reshape(len(items), window, model.num_exits, -1)
+        features = model.exit_features(visual, text_input, mask).reshape(len(items), window, model.num_exits, -1)
         exits = history_exits(rng, (len(items), window), model.num_exits)
         chunks.append(window_consistency(model, features, exits, positions, metric))
     info = {'window_size': window, 'positions': list(positions), 'num_windows': int(order.size), 'seed': seed,

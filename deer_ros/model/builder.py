@@ -62,6 +62,18 @@ def load_model(source: str | Path, num_exits: int | None = None, device: str | t
     return model.to(device).eval()
 
 
+def _rebuilt(model: DeerVLA, config: DeerConfig, new: tuple[str, ...], dropped: tuple[str, ...],
+             change: str) -> DeerVLA:
+    """A model of ``config`` with every weight of ``model`` except ``dropped``; parameters under ``new`` start fresh."""
+    rebuilt = DeerVLA(config).to(next(model.parameters()).device)
+    state = {name: value for name, value in model.state_dict().items() if not name.startswith(dropped)}
+    missing, unexpected = rebuilt.load_state_dict(state, strict=False)
+    fresh = {name for name, _ in rebuilt.named_parameters() if name.startswith(new)}
+    if set(missing) != fresh or unexpected:
+        raise ConfigError(f'cannot {change}: missing {sorted(set(missing) - fresh)}, unexpected {unexpected}')
+    return rebuilt
+
+
 def with_proprioception(model: DeerVLA) -> DeerVLA:
     """``model`` with ``use_proprio`` turned on: every weight kept, the robot-state layers new.
 
@@ -73,10 +85,22 @@ def with_proprioception(model: DeerVLA) -> DeerVLA:
     """
     if model.config.use_proprio:
         return model
-    config = dataclasses.replace(model.config, use_proprio=True)
-    extended = DeerVLA(config).to(next(model.parameters()).device)
-    missing, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
-    new = {name for name, _ in extended.named_parameters() if name.startswith(('proprio_proj.', 'proprio_to_exit.'))}
-    if set(missing) != new or unexpected:
-        raise ConfigError(f'cannot add proprioception: missing {sorted(set(missing) - new)}, unexpected {unexpected}')
-    return extended
+    return _rebuilt(model, dataclasses.replace(model.config, use_proprio=True), ('proprio_proj.', 'proprio_to_exit.'),
+                    (), 'add proprioception')
+
+
+def with_sentence_encoder(model: DeerVLA, text_length: int = 16) -> DeerVLA:
+    """``model`` reading instructions through the frozen MiniLM sentence encoder (``decoder.tokenizer: minilm``).
+
+    The token embeddings are dropped and a new projection of the encoder's
+    token states takes their place; every other weight is kept, so a policy
+    trained with a from-scratch tokenizer keeps its vision and control and
+    only relearns how text enters the decoder (``deer-ros train
+    --sentence-encoder``). 16 WordPiece tokens hold every CALVIN-style
+    instruction here (the longest has 12, special tokens included), with room for longer user wording.
+    """
+    if model.config.decoder.tokenizer == 'minilm':
+        return model
+    decoder = dataclasses.replace(model.config.decoder, tokenizer='minilm', text_length=text_length)
+    return _rebuilt(model, dataclasses.replace(model.config, decoder=decoder), ('text_proj.',), ('embed_tokens.',),
+                    'switch to the sentence encoder')

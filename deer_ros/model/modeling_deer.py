@@ -39,6 +39,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaMo
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from .configuration_deer import DeerConfig, HeadConfig, ResamplerConfig, VisionConfig
+from .tokenization import MINILM_HIDDEN_SIZE
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
@@ -284,7 +285,10 @@ class DeerVLA(nn.Module):
             nn.init.zeros_(self.proprio_to_exit.bias)
 
         decoder = LlamaModel(llama_config(config, config.kept_layers))
-        self.embed_tokens = decoder.embed_tokens
+        # Text enters as token ids (embedding lookup) or as frozen sentence-encoder states (linear projection).
+        sentence_states = config.decoder.tokenizer == 'minilm'
+        self.embed_tokens = None if sentence_states else decoder.embed_tokens
+        self.text_proj = nn.Linear(MINILM_HIDDEN_SIZE, config.decoder.hidden_size) if sentence_states else None
         self.layers = decoder.layers
         self.rotary_emb = decoder.rotary_emb
         every = config.decoder.cross_attention_every
@@ -333,17 +337,22 @@ class DeerVLA(nn.Module):
         return torch.cat(tokens, dim=1)
 
     # ---- decoder, one exit group at a time
-    def iter_exit_features(self, visual: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor,
+    def iter_exit_features(self, visual: torch.Tensor, text_input: torch.Tensor, text_mask: torch.Tensor,
                            num_exits: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(exit_index, feature (N, hidden))`` after each exit group.
 
         Layers of a group run only when the caller asks for the next item, so
         a consumer that stops iterating never runs the layers past its exit.
+        ``text_input`` is what :class:`~deer_ros.model.tokenization.InstructionEncoder`
+        returns: token ids (N, L), or sentence-encoder states (N, L, 384).
         """
-        if input_ids.shape[0] != visual.shape[0]:
-            input_ids = input_ids.expand(visual.shape[0], -1)
+        if text_input.shape[0] != visual.shape[0]:
+            text_input = text_input.expand(visual.shape[0], *text_input.shape[1:])
             text_mask = text_mask.expand(visual.shape[0], -1)
-        hidden = self.embed_tokens(input_ids)
+        if self.text_proj is None:
+            hidden = self.embed_tokens(text_input)
+        else:
+            hidden = self.text_proj(text_input.to(visual.dtype))
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         position_embeddings = self.rotary_emb(hidden, position_ids)
         every = self.config.decoder.cross_attention_every
@@ -358,9 +367,9 @@ class DeerVLA(nn.Module):
             layer = end
             yield exit_index, masked_max_pool(hidden, text_mask) + skip
 
-    def exit_features(self, visual: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def exit_features(self, visual: torch.Tensor, text_input: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """Features at every exit in one pass: (N, num_exits, hidden). Used for training and calibration."""
-        return torch.stack([feature for _, feature in self.iter_exit_features(visual, input_ids, text_mask)], dim=1)
+        return torch.stack([feature for _, feature in self.iter_exit_features(visual, text_input, text_mask)], dim=1)
 
     # ---- checkpoints
     def save_pretrained(self, directory: str | Path) -> None:

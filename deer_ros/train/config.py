@@ -25,6 +25,7 @@ class TrainConfig:
     output: str
     model: str = 'tiny'                 # config name, config file or checkpoint directory to start from
     add_proprio: bool = False           # turn on use_proprio for a model that lacks it (new robot-state layers)
+    sentence_encoder: bool = False      # switch the model's text input to the frozen MiniLM encoder (new projection)
     window: int = 12
     stride: int = 1                     # frames between training-window starts
     batch_size: int = 8                 # windows per process and step

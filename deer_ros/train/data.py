@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.sim.dataset import LanguageWindows
 from deer_ros.sim.language import TASK_LANGUAGE
 
@@ -53,15 +53,15 @@ class ActionWindows(Dataset):
 
 
 class WindowCollator:
-    """Stacks samples and tokenizes their instructions (one token row per window, not per frame)."""
+    """Stacks samples and encodes their instructions (one text row per window, not per frame)."""
 
-    def __init__(self, tokenizer: InstructionTokenizer) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, instruction_encoder: InstructionEncoder) -> None:
+        self.instruction_encoder = instruction_encoder
 
     def __call__(self, samples: list[dict[str, Any]]) -> Batch:
         batch = {key: torch.as_tensor(np.stack([s[key] for s in samples]))
                  for key in samples[0] if key != 'instruction'}
-        batch['input_ids'], batch['text_mask'] = self.tokenizer([s['instruction'] for s in samples])
+        batch['text_input'], batch['text_mask'] = self.instruction_encoder([s['instruction'] for s in samples])
         return batch
 
 

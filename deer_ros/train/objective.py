@@ -85,7 +85,7 @@ class MultiExitObjective(nn.Module):
         windows, steps = rgb_static.shape[:2]
         proprio = batch['robot_obs'].flatten(0, 1) if self.model.config.use_proprio else None
         visual = self.model.encode_vision(rgb_static.flatten(0, 1), rgb_gripper.flatten(0, 1), proprio)
-        features = self.model.exit_features(visual, batch['input_ids'].repeat_interleave(steps, dim=0),
+        features = self.model.exit_features(visual, batch['text_input'].repeat_interleave(steps, dim=0),
                                              batch['text_mask'].repeat_interleave(steps, dim=0))
         return visual, features.view(windows, steps, self.model.num_exits, -1)
 

@@ -18,7 +18,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     'vision': ('vision_encoders',),
     'resampler': ('resamplers', 'proprio_proj', 'proprio_to_exit'),
     'cross_attention': ('cross_attention',),
-    'embeddings': ('embed_tokens',),
+    'embeddings': ('embed_tokens', 'text_proj'),
     'decoder': ('layers',),
     'head': ('action_head',),
 }

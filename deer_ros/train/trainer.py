@@ -26,8 +26,8 @@ from tqdm import tqdm
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
 from deer_ros.budget.collect import collect_calibration
 from deer_ros.model import load_model
-from deer_ros.model.builder import with_proprioception
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.builder import with_proprioception, with_sentence_encoder
+from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.sim.dataset import LanguageWindows
 
 from .augment import augment_batch
@@ -85,6 +85,8 @@ class Trainer:
             model = load_model(config.model, device=device)
             if config.add_proprio:
                 model = with_proprioception(model)
+            if config.sentence_encoder:
+                model = with_sentence_encoder(model)
             self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight,
                                                 config.task_weight).to(device)
         # The head is trained on `window`-step histories: the policy replays that many at run time.
@@ -93,7 +95,7 @@ class Trainer:
         self.frozen = check_groups(config.freeze) if config.freeze is not None else default_frozen(model.config)
         self.amp_dtype = autocast_dtype(config.precision, device)
         self.generator = torch.Generator()
-        self.tokenizer = InstructionTokenizer(model.config.decoder)
+        self.instruction_encoder = InstructionEncoder(model.config.decoder)
         self.train_set = open_split(Path(config.data), 'training', config.window, config.stride, self.robot_obs)
         if self.objective.state_probe is not None and self.point is None:
             mean, std = state_statistics(self.train_set)
@@ -137,7 +139,8 @@ class Trainer:
         return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
     def _loader(self, dataset: Any, **kwargs: Any) -> DataLoader:
-        return DataLoader(dataset, collate_fn=WindowCollator(self.tokenizer), num_workers=self.config.num_workers,
+        return DataLoader(dataset, collate_fn=WindowCollator(self.instruction_encoder),
+                          num_workers=self.config.num_workers,
                           pin_memory=self.device.type == 'cuda', **kwargs)
 
     # ---------------------------------------------------------------- loop
@@ -255,7 +258,7 @@ class Trainer:
         if len(windows) == 0:
             self._say(f'no {config.window}-frame windows in {split}: calibration skipped')
             return None
-        return collect_calibration(model, self.tokenizer, windows, metric=config.calibration_metric,
+        return collect_calibration(model, self.instruction_encoder, windows, metric=config.calibration_metric,
                                    batch_size=config.batch_size, max_windows=config.calibration_windows,
                                    seed=config.seed, progress=config.progress,
                                    metadata={'checkpoint_sha256': checkpoint_sha256(policy), 'data': config.data})

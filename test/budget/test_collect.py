@@ -9,7 +9,7 @@ from deer_ros.budget.calibration import CalibrationData, calibration_path, check
 from deer_ros.budget.collect import collect_calibration, default_positions, history_exits, window_consistency
 from deer_ros.budget.solver import solve_average_budget
 from deer_ros.model import DeerVLA, load_config
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.policy.exit_criterion import exit_consistency
 from deer_ros.sim.dataset import FRAME_SHAPES, Annotation, CalvinDatasetWriter, LanguageWindows
 
@@ -59,10 +59,10 @@ def test_batched_values_match_a_step_by_step_reference(model):
 
 
 def test_collect_save_load_and_solve(model, windows, tmp_path):
-    tokenizer = InstructionTokenizer(model.config.decoder)
+    instruction_encoder = InstructionEncoder(model.config.decoder)
     model.save_pretrained(tmp_path / 'ckpt')
     digest = checkpoint_sha256(tmp_path / 'ckpt')
-    data = collect_calibration(model, tokenizer, windows, batch_size=4, progress=False,
+    data = collect_calibration(model, instruction_encoder, windows, batch_size=4, progress=False,
                                metadata={'checkpoint_sha256': digest})
     positions = default_positions(WINDOW)
     assert data.values.shape == (len(windows) * len(positions), model.num_exits)
@@ -73,7 +73,7 @@ def test_collect_save_load_and_solve(model, windows, tmp_path):
     loaded = CalibrationData.load(path, checkpoint_sha256=checkpoint_sha256(tmp_path / 'ckpt'),
                                   exit_layers=model.exit_layers)
     np.testing.assert_array_equal(loaded.values, data.values)
-    again = collect_calibration(model, tokenizer, windows, batch_size=3, progress=False)
+    again = collect_calibration(model, instruction_encoder, windows, batch_size=3, progress=False)
     np.testing.assert_allclose(again.values, data.values, rtol=1e-5)  # same seed, other batching
     costs = np.arange(1.0, model.num_exits + 1)
     result = solve_average_budget(data.values, costs, 3.5, tolerance=0.1)
@@ -82,7 +82,7 @@ def test_collect_save_load_and_solve(model, windows, tmp_path):
 
 def test_bad_positions_rejected(model, windows):
     with pytest.raises(ValueError, match='positions'):
-        collect_calibration(model, InstructionTokenizer(model.config.decoder), windows, positions=[WINDOW],
+        collect_calibration(model, InstructionEncoder(model.config.decoder), windows, positions=[WINDOW],
                             progress=False)
 
 

@@ -18,7 +18,7 @@ INSTRUCTION = 'push the red block to the left'
 def _stacked_inputs(policy: EarlyExitPolicy, observations):
     static = torch.from_numpy(np.stack([o.rgb_static for o in observations]))
     gripper = torch.from_numpy(np.stack([o.rgb_gripper for o in observations]))
-    ids, mask = policy.tokenizer([INSTRUCTION])
+    ids, mask = policy.instruction_encoder([INSTRUCTION])
     return static, gripper, ids, mask
 
 
@@ -145,7 +145,7 @@ def test_robot_state_reaches_every_exit_through_a_skip_that_starts_at_zero(tiny_
     model = DeerVLA(dataclasses.replace(tiny_model.config, use_proprio=True)).eval()
     static = torch.randint(0, 256, (1, 200, 200, 3), dtype=torch.uint8)
     gripper = torch.randint(0, 256, (1, 84, 84, 3), dtype=torch.uint8)
-    ids, mask = EarlyExitPolicy(tiny_model, ExitCriterion.always_last(6), None).tokenizer([INSTRUCTION])
+    ids, mask = EarlyExitPolicy(tiny_model, ExitCriterion.always_last(6), None).instruction_encoder([INSTRUCTION])
 
     def features(proprio: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

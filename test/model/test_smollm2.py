@@ -8,7 +8,7 @@ import torch
 
 from deer_ros.model import ConfigError, build_model, load_config
 from deer_ros.model.pretrained_weights import decoder_state_dict
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.tokenization import InstructionEncoder
 
 pytest.importorskip('gguf')
 
@@ -31,7 +31,7 @@ def test_kept_layers_carry_the_pretrained_weights(smollm2) -> None:
 
 def test_tokenizer_and_features(smollm2) -> None:
     config, model = smollm2
-    ids, mask = InstructionTokenizer(config.decoder)(['open the drawer', 'turn on the yellow light bulb'])
+    ids, mask = InstructionEncoder(config.decoder)(['open the drawer', 'turn on the yellow light bulb'])
     assert ids.shape == (2, config.decoder.text_length) and 0 < mask[0].sum() < mask[1].sum()
     visual = model.encode_vision(torch.zeros(2, 200, 200, 3, dtype=torch.uint8), torch.zeros(2, 84, 84, 3, dtype=torch.uint8))
     with torch.no_grad():

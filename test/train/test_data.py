@@ -7,7 +7,7 @@ import torch
 
 from train_fixtures import INSTRUCTIONS, write_calvin_like_split
 from deer_ros.model import load_config
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.sim.dataset import LanguageWindows
 from deer_ros.train.augment import random_shift
 from deer_ros.train.data import EpochBatchSampler, WindowCollator, open_split, state_statistics
@@ -22,13 +22,13 @@ def test_embedded_demos_become_batches(demo_data):
     np.testing.assert_allclose(sample['pose'], raw[5].frames['rel_actions'][:, :6])
     np.testing.assert_array_equal(sample['gripper'], (raw[5].frames['rel_actions'][:, 6] + 1) / 2)
     assert sample['pose'].dtype == sample['gripper'].dtype == np.float32 and 'robot_obs' not in sample
-    tokenizer = InstructionTokenizer(load_config('tiny').decoder)
-    batch = WindowCollator(tokenizer)([dataset[0], dataset[4], dataset[5]])
+    instruction_encoder = InstructionEncoder(load_config('tiny').decoder)
+    batch = WindowCollator(instruction_encoder)([dataset[0], dataset[4], dataset[5]])
     assert batch['rgb_static'].shape == (3, 4, 200, 200, 3) and batch['rgb_static'].dtype == torch.uint8
     assert batch['rgb_gripper'].shape == (3, 4, 84, 84, 3) and batch['pose'].shape == (3, 4, 6)
-    expected_ids, _ = tokenizer([INSTRUCTIONS[0][0], INSTRUCTIONS[1][0], INSTRUCTIONS[1][0]])
-    torch.testing.assert_close(batch['input_ids'], expected_ids)
-    assert batch['text_mask'].shape == batch['input_ids'].shape
+    expected_ids, _ = instruction_encoder([INSTRUCTIONS[0][0], INSTRUCTIONS[1][0], INSTRUCTIONS[1][0]])
+    torch.testing.assert_close(batch['text_input'], expected_ids)
+    assert batch['text_mask'].shape == batch['text_input'].shape
 
 
 def test_real_calvin_shaped_split_loads_with_robot_state(tmp_path):

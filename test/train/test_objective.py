@@ -10,7 +10,7 @@ import torch
 from train_fixtures import small_config
 from deer_ros.model import DeerVLA, load_config
 from deer_ros.model.modeling_deer import HeadOutput
-from deer_ros.model.tokenization import InstructionTokenizer
+from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.train.config import TrainConfig
 from deer_ros.train.data import TASK_NAMES, UNKNOWN_TASK
 from deer_ros.train.heads import gather_exits, per_step_exits, switching_exits
@@ -73,12 +73,12 @@ def test_pretrained_decoder_frozen_by_default():
 
 def _batch(model: DeerVLA, windows: int = 2, steps: int = 3) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    ids, mask = InstructionTokenizer(model.config.decoder)(['open the drawer', 'lift the red block'][:windows])
+    text_input, mask = InstructionEncoder(model.config.decoder)(['open the drawer', 'lift the red block'][:windows])
     return {'rgb_static': torch.randint(0, 256, (windows, steps, 200, 200, 3), dtype=torch.uint8, generator=generator),
             'rgb_gripper': torch.randint(0, 256, (windows, steps, 84, 84, 3), dtype=torch.uint8, generator=generator),
             'pose': torch.rand(windows, steps, 6, generator=generator) * 2 - 1,
             'gripper': torch.randint(0, 2, (windows, steps), generator=generator).float(),
-            'robot_obs': torch.randn(windows, steps, 15, generator=generator), 'input_ids': ids, 'text_mask': mask,
+            'robot_obs': torch.randn(windows, steps, 15, generator=generator), 'text_input': text_input, 'text_mask': mask,
             'task': torch.tensor([TASK_NAMES.index('open_drawer'), UNKNOWN_TASK][:windows])}
 
 
@@ -175,13 +175,17 @@ def test_state_probe_reaches_the_vision_stack_behind_closed_gates(state_weight):
         assert 'state' not in terms and objective.state_probe is None and vision_grad == 0
 
 
-def test_task_probe_trains_the_instruction_path_and_ignores_unknown_tasks():
+@pytest.mark.parametrize('tokenizer', ['byte', 'minilm'])
+def test_task_probe_trains_the_instruction_path_and_ignores_unknown_tasks(tokenizer):
     torch.manual_seed(0)
-    objective = MultiExitObjective(DeerVLA(small_config()), task_weight=1.0)
+    config = small_config()
+    config.decoder.tokenizer = tokenizer
+    objective = MultiExitObjective(DeerVLA(config), task_weight=1.0)
     objective.set_stage('joint')
     terms = _backward(objective)
     assert 'task' in terms and torch.isfinite(terms['task'])
-    assert _grad_norm([objective.task_probe]) > 0 and _grad_norm([objective.model.layers, objective.model.embed_tokens]) > 0
+    text_input = objective.model.embed_tokens or objective.model.text_proj  # token embeddings or the states' projection
+    assert _grad_norm([objective.task_probe]) > 0 and _grad_norm([objective.model.layers, text_input]) > 0
     assert objective.task_probe in objective.training_heads()
     features = torch.randn(2, 3, objective.model.num_exits, objective.model.config.decoder.hidden_size)
     only_known = objective.task_probe.loss(features[:1], torch.tensor([0]))

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from deer_ros import cli
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
 from deer_ros.model import load_model
+from deer_ros.model.builder import with_sentence_encoder
 from deer_ros.train.config import TrainConfig
 from deer_ros.train.metrics import read_metrics
 from deer_ros.train.trainer import train
@@ -53,6 +54,20 @@ def test_add_proprio_extends_a_vision_only_checkpoint(demo_data, small_config_fi
                            calibration_windows=0))
     policy = load_model(result.policy_dir)
     assert policy.config.use_proprio and policy.proprio_to_exit.weight.any()  # the skip trained away from zero
+
+
+def test_sentence_encoder_switch_trains_the_text_projection(demo_data, small_config_file, tmp_path):
+    start = tmp_path / 'byte_tokens'
+    load_model(small_config_file).save_pretrained(start)
+    result = train(_config(demo_data, tmp_path / 'run', start, sentence_encoder=True, task_weight=1.0, joint_steps=2,
+                           head_steps=1, calibration_windows=0))
+    policy = load_model(result.policy_dir)
+    assert policy.config.decoder.tokenizer == 'minilm' and policy.embed_tokens is None
+    weights = _weights(result.policy_dir)
+    assert 'text_proj.weight' in weights and not any(name.startswith('embed_tokens') for name in weights)
+    torch.manual_seed(TrainConfig.seed)  # the trainer's initialisation, replayed: the projection moved away from it
+    initial = with_sentence_encoder(load_model(start))
+    assert not np.allclose(weights['text_proj.weight'], initial.text_proj.weight.detach().numpy())
 
 
 def test_outputs_round_trip_and_resume_matches_an_uninterrupted_run(demo_data, small_config_file, tmp_path):
