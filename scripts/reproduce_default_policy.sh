@@ -3,14 +3,16 @@
 #   1. collect scripted-expert demonstrations in CALVIN format      (deer-ros collect)
 #   2. train the tiny multi-exit model from images only, joint + heads stages  (deer-ros train)
 #   3. add proprioception (robot-state token + skip to every exit) and train on with the task probe
-#      (deer-ros train --add-proprio --task-weight 0.1),
-#      writing the calibration file beside the weights
-#   4. evaluate it on 5-instruction chains                          (deer-ros evaluate)
-#   5. install config.json, model.safetensors, calibration.npz, train_config.json and
+#      (deer-ros train --add-proprio --task-weight 0.1)
+#   4. switch the instructions to the frozen MiniLM sentence encoder and train on
+#      (deer-ros train --sentence-encoder --task-weight 0.5), writing the calibration file beside the weights
+#   5. evaluate it on 5-instruction chains                          (deer-ros evaluate)
+#   6. install config.json, model.safetensors, calibration.npz, train_config.json and
 #      evaluation.json into deer_ros/pretrained/tiny/
 #
 # Knobs (environment variables, defaults in brackets): WORK [runs/default_policy], DEMOS [400],
-# CHAIN_LENGTH [1], JOINT_STEPS [2000], HEAD_STEPS [300], PROPRIO_STEPS [2250], BATCH [4], CHAINS [32],
+# CHAIN_LENGTH [1], JOINT_STEPS [2000], HEAD_STEPS [300], PROPRIO_STEPS [2250], BATCH [4], TEXT_STEPS [4000],
+# TEXT_HEAD_STEPS [300], TEXT_BATCH [8], CHAINS [32],
 # THREADS [1], SEED [1], INSTALL_DIR [deer_ros/pretrained/tiny].
 # Re-running skips a finished collection and resumes an interrupted training run.
 # --state-weight 1: the tiny model's vision stack starts from random weights; without the robot-state
@@ -31,6 +33,9 @@ JOINT_STEPS="${JOINT_STEPS:-2000}"
 HEAD_STEPS="${HEAD_STEPS:-300}"
 PROPRIO_STEPS="${PROPRIO_STEPS:-2250}"
 BATCH="${BATCH:-4}"
+TEXT_STEPS="${TEXT_STEPS:-4000}"
+TEXT_HEAD_STEPS="${TEXT_HEAD_STEPS:-300}"
+TEXT_BATCH="${TEXT_BATCH:-8}"
 CHAINS="${CHAINS:-32}"
 THREADS="${THREADS:-1}"
 SEED="${SEED:-1}"
@@ -51,7 +56,7 @@ echo "== train: $JOINT_STEPS joint + $HEAD_STEPS head steps"
 "$PY" -m deer_ros.cli train --data "$WORK/data" --output "$WORK/train" --model tiny \
   --joint-steps "$JOINT_STEPS" --head-steps "$HEAD_STEPS" --batch-size "$BATCH" \
   --lr 5e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 100 --schedule cosine --state-weight 1 \
-  --log-every 25 --eval-every 250 --save-every 250 --val-windows 64 --calibration-windows 256 \
+  --log-every 25 --eval-every 250 --save-every 250 --val-windows 64 --calibration-windows 0 \
   --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume
 echo "== train done at ${SECONDS}s"
 
@@ -59,17 +64,25 @@ echo "== train with proprioception: $PROPRIO_STEPS joint + 200 head steps"
 "$PY" -m deer_ros.cli train --data "$WORK/data" --output "$WORK/train_proprio" --model "$WORK/train/policy" \
   --add-proprio --joint-steps "$PROPRIO_STEPS" --head-steps 200 --batch-size "$BATCH" \
   --lr 3e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 25 --schedule cosine --state-weight 1 --task-weight 0.1 \
-  --log-every 25 --eval-every 200 --save-every 200 --val-windows 64 --calibration-windows 256 \
+  --log-every 25 --eval-every 200 --save-every 200 --val-windows 64 --calibration-windows 0 \
   --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume
 echo "== proprio train done at ${SECONDS}s"
 
+echo "== train with the sentence encoder: $TEXT_STEPS joint + $TEXT_HEAD_STEPS head steps"
+"$PY" -m deer_ros.cli train --data "$WORK/data" --output "$WORK/train_text" --model "$WORK/train_proprio/policy" \
+  --sentence-encoder --joint-steps "$TEXT_STEPS" --head-steps "$TEXT_HEAD_STEPS" --batch-size "$TEXT_BATCH" \
+  --lr 3e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 50 --schedule cosine --state-weight 1 --task-weight 0.5 \
+  --log-every 25 --eval-every 500 --save-every 200 --val-windows 64 --calibration-windows 256 \
+  --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume
+echo "== sentence-encoder train done at ${SECONDS}s"
+
 echo "== evaluate: $CHAINS chains"
 "$PY" -m deer_ros.cli evaluate --policy deer_ros.policy.chain_policy:deer_policy \
-  --policy-kwargs "{\"source\": \"$WORK/train_proprio/policy\"}" --num-chains "$CHAINS" --no-progress \
+  --policy-kwargs "{\"source\": \"$WORK/train_text/policy\"}" --num-chains "$CHAINS" --no-progress \
   --output "$WORK/evaluation.json"
 echo "== evaluate done at ${SECONDS}s"
 
 mkdir -p "$DEST"
-cp "$WORK/train_proprio/policy/config.json" "$WORK/train_proprio/policy/model.safetensors" \
-  "$WORK/train_proprio/policy/calibration.npz" "$WORK/train_proprio/train_config.json" "$WORK/evaluation.json" "$DEST/"
+cp "$WORK/train_text/policy/config.json" "$WORK/train_text/policy/model.safetensors" \
+  "$WORK/train_text/policy/calibration.npz" "$WORK/train_text/train_config.json" "$WORK/evaluation.json" "$DEST/"
 echo "installed into $DEST (total ${SECONDS}s)"

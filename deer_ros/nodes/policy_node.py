@@ -63,6 +63,9 @@ PARAMETERS = (
               'are dropped (raising it reloads them); 0 = no limit.', limits=_GFLOPS_LIMITS),
     ParamSpec('budget.max_memory_mb', 0.0, 'Parameter memory limit in MiB, met by dropping layers like the '
               'peak limit; 0 = no limit.', limits=(0.0, 1.0e7)),
+    ParamSpec('budget.track_average', True, 'Meet budget.avg_gflops on the robot\'s own observations: every 25 steps '
+              'the target the thresholds are solved for is corrected by the realised average (the offline solve '
+              'meets it only on the calibration demos); false = the offline thresholds as solved.'),
     ParamSpec('budget.cost_kind', 'llm', 'What the GFLOPs budgets count: llm (decoder only, the DeeR paper unit) '
               'or total (vision + decoder + action heads).', read_only=True, choices=('llm', 'total')),
     ParamSpec('checkpoint', 'tiny', 'Checkpoint directory (config.json + model.safetensors, calibration.npz beside '
@@ -136,7 +139,8 @@ class PolicyNode(Node):
         source = resolve_checkpoint(values['checkpoint']) if values['checkpoint'] else values['model_config']
         self.runtime = PolicyRuntime(source, device=values['device'],
                                      metric=values['exit_metric'], cost_kind=values['budget.cost_kind'],
-                                     budget=budget_from(values), seed=values['seed'],
+                                     budget=budget_from(values), track_average=values['budget.track_average'],
+                                     seed=values['seed'],
                                      warn=self.get_logger().warning)
         self.controller = PolicyController(self.runtime, max_input_age_s=values['max_input_age_s'],
                                            on_stale_input=values['on_stale_input'],
@@ -292,6 +296,10 @@ class PolicyNode(Node):
             self.controller.require_new_frame = bool(changed['require_new_frame'])
         if 'frame_id' in changed:
             self.frame_id = changed['frame_id']
+        if 'budget.track_average' in changed:
+            self.runtime.set_average_tracking(bool(changed['budget.track_average']))
+            self.get_logger().info(f"average-budget tracking {'on' if changed['budget.track_average'] else 'off'}: "
+                                   f'{self.runtime.describe()}')
         if any(name in BUDGET_PARAMETERS for name in changed):
             budget = budget_from({name: self.get_parameter(name).value for name in BUDGET_PARAMETERS})
             try:

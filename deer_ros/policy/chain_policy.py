@@ -53,11 +53,12 @@ class ChainPolicyFactory:
     thresholds: tuple[float, ...] | None = None
     device: str = 'cpu'
     threads: int = 1
+    track_average: bool = True  # as the node's budget.track_average (explicit thresholds turn it off)
 
     def __call__(self, env: object = None) -> ChainPolicy:
         import torch
         torch.set_num_threads(self.threads)
-        runtime = PolicyRuntime(self.source, device=self.device, budget=self.budget)
+        runtime = PolicyRuntime(self.source, device=self.device, budget=self.budget, track_average=self.track_average)
         if self.thresholds is not None:
             runtime.use_thresholds(np.asarray(self.thresholds))
         return ChainPolicy(runtime)
@@ -70,6 +71,7 @@ def peak_from_histogram(step_stats: dict[str, float], per_exit_cost: list[float]
 
 
 def deer_policy(env: object = None, source: str = 'tiny', avg_gflops: float | None = None,
-                peak_gflops: float | None = None, device: str = 'cpu') -> ChainPolicy:
+                peak_gflops: float | None = None, device: str = 'cpu', track_average: bool = True) -> ChainPolicy:
     """Entry point for ``deer-ros evaluate --policy deer_ros.policy.chain_policy:deer_policy --policy-kwargs '{...}'``."""
-    return ChainPolicyFactory(source, Budget(avg_gflops=avg_gflops, peak_gflops=peak_gflops), device=device)(env)
+    return ChainPolicyFactory(source, Budget(avg_gflops=avg_gflops, peak_gflops=peak_gflops), device=device,
+                              track_average=track_average)(env)

@@ -11,6 +11,11 @@ Thread safety: :meth:`step`, :meth:`reset` and the swap inside :meth:`apply`
 share one lock, so a budget change lands between two steps, never inside
 one. A reload is built outside that lock; the control loop keeps running on
 the old model until the new one is ready.
+
+With ``track_average`` the average budget is met in closed loop, not only on
+the calibration data: :class:`~deer_ros.budget.tracking.AverageBudgetTracker`
+corrects the target the thresholds are solved for from the realised step
+costs (re-solving takes milliseconds and happens every 25 steps).
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ from deer_ros.budget.calibration import CalibrationData, calibration_path, check
 from deer_ros.budget.caps import Budget, BudgetSolution, CostKind, exit_costs, solve_budget
 from deer_ros.budget.collect import collect_calibration
 from deer_ros.budget.refined import find_refined, load_refined, refined_path
-from deer_ros.budget.solver import feasible_range
+from deer_ros.budget.solver import BudgetError, feasible_range
+from deer_ros.budget.tracking import AverageBudgetTracker
 from deer_ros.model import DeerConfig, DeerVLA, load_config, load_model
 from deer_ros.model.cost import CostTable
 from deer_ros.model.flops import cost_table_for
@@ -90,12 +96,15 @@ class PolicyRuntime:
         cost_kind: what the GFLOPs budgets count: ``llm`` (decoder only, the
             paper's unit) or ``total`` (vision + decoder + heads).
         budget: the budget in force from the start.
+        track_average: steer the average budget's solver target from the
+            realised costs so the request is met in closed loop (see module doc).
         seed: random-init seed for config sources and for synthetic calibration.
         warn: where start-up warnings go (the node passes its logger).
     """
 
     def __init__(self, source: str | Path, *, device: str = 'cpu', metric: str = 'rms', cost_kind: CostKind = 'llm',
-                 budget: Budget = Budget(), seed: int = 0, warn: Callable[[str], None] = _LOG.warning) -> None:
+                 budget: Budget = Budget(), track_average: bool = False, seed: int = 0,
+                 warn: Callable[[str], None] = _LOG.warning) -> None:
         check_metric(metric)
         self.source = source
         self.checkpoint = Path(source) if Path(source).is_dir() else None
@@ -124,6 +133,8 @@ class PolicyRuntime:
                                        self.instruction_encoder)
         self.budget = budget
         self.solution = solution
+        self.track_average = track_average
+        self._tracker = self._new_tracker()
 
     # ---- loading
     def _config(self) -> DeerConfig:
@@ -176,8 +187,12 @@ class PolicyRuntime:
         return dataclasses.replace(solution, criterion=criterion)
 
     def use_thresholds(self, thresholds: np.ndarray) -> None:
-        """Run the live cap with explicit thresholds (threshold search); the next budget change replaces them."""
+        """Run the live cap with explicit thresholds (threshold search); the next budget change replaces them.
+
+        Tracking pauses until then: it would move the thresholds under test.
+        """
         with self._lock:
+            self._tracker = None
             criterion = ExitCriterion(np.asarray(thresholds, dtype=np.float64), self.calibration.metric)
             self._policy.set_criterion(criterion)
             self.solution = dataclasses.replace(self.solution, criterion=criterion)
@@ -203,7 +218,36 @@ class PolicyRuntime:
                 else:
                     self._policy.set_criterion(solution.criterion)
                 self.budget, self.solution = budget, solution
+                self._tracker = self._new_tracker()
             return solution
+
+    def set_average_tracking(self, enabled: bool) -> None:
+        """Turn closed-loop tracking of the average budget on or off (off: the offline solve is in force)."""
+        with self._apply_lock, self._lock:
+            self.track_average = enabled
+            if not enabled and self._tracker is not None:
+                self.solution = self.solve(self.budget)
+                self._policy.set_criterion(self.solution.criterion)
+            self._tracker = self._new_tracker()
+
+    def _new_tracker(self) -> AverageBudgetTracker | None:
+        if not self.track_average or self.budget.avg_gflops is None:
+            return None
+        return AverageBudgetTracker(self.budget.avg_gflops, self.feasible_average())
+
+    def _track(self, info: ExitInfo) -> None:
+        """Feed one step's cost to the tracker; re-solve for its new target when it moved (lock held)."""
+        assert self._tracker is not None
+        target = self._tracker.record(info.llm_gflops if self.cost_kind == 'llm' else info.total_gflops)
+        if target is None:
+            return
+        try:
+            solution = solve_budget(dataclasses.replace(self.budget, avg_gflops=target), self.cost_table,
+                                    self.calibration, kind=self.cost_kind)
+        except BudgetError:  # the target is clamped to the feasible range; keep the thresholds if an edge slips out
+            return
+        self._policy.set_criterion(solution.criterion)
+        self.solution = solution
 
     def feasible_average(self) -> tuple[float, float]:
         """Average GFLOPs the exit rule can realise under the live peak/memory cap."""
@@ -218,7 +262,10 @@ class PolicyRuntime:
     def step(self, observation: Observation, instruction: str) -> tuple[Action, ExitInfo]:
         """One policy step; raises ``ValueError`` (bad input) or ``NonFiniteActionError`` like the policy."""
         with self._lock:
-            return self._policy.step(observation, instruction)
+            action, info = self._policy.step(observation, instruction)
+            if self._tracker is not None:
+                self._track(info)
+            return action, info
 
     def describe(self) -> dict[str, str]:
         """Budget in force, cap and thresholds as strings, for diagnostics."""
@@ -233,4 +280,7 @@ class PolicyRuntime:
         })
         if solution.average is not None:
             described['calibration avg GFLOPs'] = f'{solution.average.realised_cost:.4g}'
+        tracker = self._tracker
+        described['avg tracking'] = 'off' if tracker is None else (
+            f'solver target {tracker.target:.4g}, realised {tracker.realised:.4g} over {tracker.steps} steps')
         return described

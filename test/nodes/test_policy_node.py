@@ -68,6 +68,11 @@ def test_budget_changes_through_parameter_services(start_node, driver):
         assert not too_low.successful and 'feasible peak llm GFLOPs limits are >=' in too_low.reason
         assert _set(client, budget__peak_gflops=0.0)[0].successful
         assert _mean_exit(driver, 3) == (6.0, {6})  # raising the cap reloaded the dropped layers
+
+        assert _set(client, budget__avg_gflops=low)[0].successful
+        assert _set(client, budget__track_average=False)[0].successful
+        assert node.wait_for_log("average-budget tracking off: {'avg_gflops'"), node.log
+        assert not _set(client, budget__track_average=0.5)[0].successful  # wrong type: rclpy rejects it
     assert node.running()
 
 
