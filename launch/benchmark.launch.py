@@ -18,8 +18,8 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 # Forwarded unchanged to policy.launch.py (empty = the params file's value).
-POLICY_ARGUMENTS = ('budget_avg_gflops', 'budget_peak_gflops', 'budget_max_memory_mb', 'checkpoint', 'model_config',
-                    'device')
+POLICY_ARGUMENTS = ('budget_avg_gflops', 'budget_peak_gflops', 'budget_max_memory_mb', 'budget_track_average',
+                    'checkpoint', 'model_config', 'device')
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -13,11 +13,17 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+
+def _as_bool(text: str) -> bool:
+    return text.strip().lower() in ('true', '1', 'yes', 'on')
+
+
 # launch argument -> (policy parameter, type); applied only when the argument is given.
 POLICY_OVERRIDES = {
     'budget_avg_gflops': ('budget.avg_gflops', float),
     'budget_peak_gflops': ('budget.peak_gflops', float),
     'budget_max_memory_mb': ('budget.max_memory_mb', float),
+    'budget_track_average': ('budget.track_average', _as_bool),
     'checkpoint': ('checkpoint', str),
     'model_config': ('model_config', str),
     'device': ('device', str),
@@ -51,6 +57,9 @@ def generate_launch_description() -> LaunchDescription:
                               description='Hard per-step GFLOPs limit (0 = none); empty = params file'),
         DeclareLaunchArgument('budget_max_memory_mb', default_value='',
                               description='Parameter memory limit in MiB (0 = none); empty = params file'),
+        DeclareLaunchArgument('budget_track_average', default_value='',
+                              description='Correct thresholds online so the average budget holds (true/false); '
+                                          'empty = params file'),
         DeclareLaunchArgument('checkpoint', default_value='',
                               description='Checkpoint directory or shipped policy name (tiny); empty = params file'),
         DeclareLaunchArgument('model_config', default_value='',
