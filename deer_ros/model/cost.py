@@ -18,7 +18,8 @@ class CostTable:
     Attributes:
         exit_layers: decoder layers that have run when stopping at exit k.
         llm_gflops: cumulative decoder (LLM) GFLOPs when stopping at exit k,
-            i.e. token embedding + layers ``0 .. exit_layers[k]-1``.
+            i.e. the text input (token embedding, or the projection of cached
+            sentence-encoder states) + layers ``0 .. exit_layers[k]-1``.
         vision_gflops: vision encoders + resamplers of both cameras (+ the
             proprioception projection), paid once per step whatever the exit.
         head_gflops: one action-head pass (LayerNorm, LSTM step, MLPs). The
