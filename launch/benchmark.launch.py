@@ -1,6 +1,6 @@
 """Evaluate the DeeR policy through ROS: the CALVIN bridge runs N chains against the policy node, then all exits.
 
-    ros2 launch deer_ros benchmark.launch.py num_chains:=20 budget_avg_gflops:=0.2
+    ros2 launch deer_ros benchmark.launch.py num_chains:=20 budget_avg_gflops:=0.07
     ros2 topic echo /evaluation/summary   # JSON: avg successful length, success at 1..5, avg/peak GFLOPs
 
 The policy comes from policy.launch.py (same arguments); the bridge steps the

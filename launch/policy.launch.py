@@ -1,7 +1,7 @@
 """Start the DeeR policy node with config/deer.yaml; ``sim:=true`` adds the CALVIN simulator bridge.
 
     ros2 launch deer_ros policy.launch.py
-    ros2 launch deer_ros policy.launch.py checkpoint:=/data/deer_ckpt budget_avg_gflops:=0.2 sim:=true
+    ros2 launch deer_ros policy.launch.py checkpoint:=/data/deer_ckpt budget_avg_gflops:=0.07 sim:=true
 
 Budget and model arguments left empty keep the values of the params file, so
 editing config/deer.yaml is never silently overridden by a launch default.
