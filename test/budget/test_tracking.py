@@ -31,6 +31,17 @@ def test_tracker_brings_the_realised_average_to_the_request(spend: float) -> Non
     assert tracker.steps == 2000 and tracker.realised == pytest.approx(np.mean(costs))
 
 
+def test_tracker_meets_the_arithmetic_mean_under_skewed_step_costs() -> None:
+    """Step costs jump between cheap and expensive exits; the budget is on their mean, not their geometric mean."""
+    tracker = AverageBudgetTracker(0.2, (0.05, 0.4), interval=25)
+    rng = np.random.default_rng(2)
+    costs = []
+    for _ in range(3000):
+        costs.append(tracker.target * rng.choice([0.5, 2.0]))  # geometric mean 1x the target, arithmetic 1.25x
+        tracker.record(costs[-1])
+    assert np.mean(costs[-1500:]) == pytest.approx(0.2, rel=0.03)
+
+
 def test_tracker_target_stays_inside_the_feasible_range() -> None:
     tracker = AverageBudgetTracker(0.3, (0.1, 0.33), interval=5)
     _run(tracker, 0.5, 200, np.random.default_rng(1))  # the policy can never spend 0.3: the target saturates
