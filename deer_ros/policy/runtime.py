@@ -231,7 +231,13 @@ class PolicyRuntime:
             self._tracker = self._new_tracker()
 
     def _new_tracker(self) -> AverageBudgetTracker | None:
+        """A tracker for the budget in force; none when off, without an average budget, or for refined thresholds.
+
+        Thresholds from ``deer-ros refine`` were tuned in closed loop for exactly this budget: they stay as found.
+        """
         if not self.track_average or self.budget.avg_gflops is None:
+            return None
+        if find_refined(self.refined, self.budget.avg_gflops, self.solution.cap, self.cost_kind) is not None:
             return None
         return AverageBudgetTracker(self.budget.avg_gflops, self.feasible_average())
 
