@@ -26,20 +26,22 @@ def _run(tracker: AverageBudgetTracker, spend: float, steps: int, rng: np.random
 def test_tracker_brings_the_realised_average_to_the_request(spend: float) -> None:
     tracker = AverageBudgetTracker(0.2, (0.1, 0.33), interval=25)
     costs = _run(tracker, spend, 2000, np.random.default_rng(0))
-    assert np.mean(costs[-1000:]) == pytest.approx(0.2, rel=0.02)
-    assert tracker.target == pytest.approx(0.2 / spend, rel=0.1)  # the last corrections carry the noise
     assert tracker.steps == 2000 and tracker.realised == pytest.approx(np.mean(costs))
+    assert tracker.realised == pytest.approx(0.2, rel=0.02)  # the run's average is what the budget promises
+    assert tracker.target == pytest.approx(0.2 / spend, rel=0.1)
 
 
-def test_tracker_meets_the_arithmetic_mean_under_skewed_step_costs() -> None:
-    """Step costs jump between cheap and expensive exits; the budget is on their mean, not their geometric mean."""
-    tracker = AverageBudgetTracker(0.2, (0.05, 0.4), interval=25)
+def test_tracker_meets_the_average_when_the_cost_jumps_with_the_target() -> None:
+    """Measured on the shipped policy: near the cheap end one correction moves the cost from 0.76x to 1.4x.
+
+    A controller on the last interval's mean cycles between the two and overspends by their mean (+8 %);
+    on the run's average it dwells on the cheap side until the average is back on the request.
+    """
+    tracker = AverageBudgetTracker(0.05, (0.038, 0.112), interval=25)
     rng = np.random.default_rng(2)
-    costs = []
-    for _ in range(3000):
-        costs.append(tracker.target * rng.choice([0.5, 2.0]))  # geometric mean 1x the target, arithmetic 1.25x
-        tracker.record(costs[-1])
-    assert np.mean(costs[-1500:]) == pytest.approx(0.2, rel=0.03)
+    for _ in range(2500):
+        tracker.record(0.05 * (0.76 if tracker.target < 0.04 else 1.4) * rng.uniform(0.8, 1.2))
+    assert tracker.realised == pytest.approx(0.05, rel=0.03)
 
 
 def test_tracker_target_stays_inside_the_feasible_range() -> None:
