@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from deer_ros.sim.layout import SCENES
 from deer_ros.sim.sequences import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
 
 NODE_NAME = 'calvin_bridge'
+STATS_DISCOVERY_GRACE_S = 5.0  # after the policy's actions are discovered, how long to wait for its ExitStats
 
 PARAMETERS = (
     ParamSpec('backend', 'embedded', 'Simulator: embedded (deer_ros.sim, pybullet on CPU) or calvin (the real '
@@ -107,7 +109,8 @@ class CalvinBridgeNode(Node):
         self.summary_pub = self.create_publisher(String, 'evaluation/summary', latched)
         self.action_sub = self.create_subscription(ArmAction, 'arm_action', self._on_action, 10,
                                                    callback_group=group)
-        self.create_subscription(ExitStats, 'exit_stats', self._on_exit_stats, 100, callback_group=group)
+        self.stats_sub = self.create_subscription(ExitStats, 'exit_stats', self._on_exit_stats, 100,
+                                                  callback_group=group)
         self.create_service(Trigger, '~/start_evaluation', self._on_start_evaluation, callback_group=group)
         self.reset_client = self.create_client(Trigger, 'deer_policy/reset', callback_group=group)
         self.add_on_set_parameters_callback(self._validate_parameters)
@@ -228,12 +231,26 @@ class CalvinBridgeNode(Node):
             obs, *_ = sim.env.step(action)
 
     def _wait_for_policy(self) -> None:
-        """Until some node publishes actions: a policy launched with the bridge may take minutes to load its model."""
+        """Until some node publishes actions (a policy may take minutes to load its model), then its exit statistics.
+
+        Actions and ExitStats are separate DDS endpoints, matched one after the other: starting before the
+        stats reader was matched (a graph count says "discovered", not "matched") lost the ExitStats of
+        the first steps now and then. A policy that publishes no ExitStats (not a DeeR policy) is
+        evaluated after a short grace, without GFLOPs.
+        """
         topic = self.action_sub.topic_name
-        while self.count_publishers(topic) == 0:
+        while self.action_sub.get_publisher_count() == 0:
             if self._stop.wait(0.5):
                 raise Interrupted()
             self.get_logger().info(f'waiting for a policy publishing on {topic}', throttle_duration_sec=10.0)
+        stats = self.stats_sub.topic_name
+        deadline = time.monotonic() + STATS_DISCOVERY_GRACE_S
+        while self.stats_sub.get_publisher_count() == 0:
+            if time.monotonic() > deadline:
+                self.get_logger().warning(f'no publisher on {stats}: evaluating without GFLOPs figures')
+                break
+            if self._stop.wait(0.1):
+                raise Interrupted()
         if not self.reset_client.wait_for_service(timeout_sec=5.0):
             self.get_logger().warning(f'{self.reset_client.srv_name} not available: evaluating without policy '
                                       'resets')
