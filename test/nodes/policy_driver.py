@@ -19,7 +19,7 @@ from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
 from ros_helpers import wait_for
 
 # Small and slow enough for 2 shared cores: one torch thread, 20 Hz ticks.
-FAST_POLICY = {'control_rate_hz': 20.0, 'num_threads': 1, 'max_input_age_s': 2.0}
+FAST_POLICY = {'control_rate_hz': 20.0, 'num_threads': 1, 'max_input_age_s': 5.0}  # loaded CI: 2 s went stale
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
