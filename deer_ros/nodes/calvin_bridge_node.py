@@ -45,7 +45,7 @@ from deer_ros.sim.layout import SCENES
 from deer_ros.sim.sequences import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
 
 NODE_NAME = 'calvin_bridge'
-STATS_DISCOVERY_GRACE_S = 5.0  # after the policy's actions are discovered, how long to wait for its ExitStats
+STATS_DISCOVERY_GRACE_S = 5.0  # after the policy's actions are matched, how long to wait for its ExitStats
 
 PARAMETERS = (
     ParamSpec('backend', 'embedded', 'Simulator: embedded (deer_ros.sim, pybullet on CPU) or calvin (the real '
