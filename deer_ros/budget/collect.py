@@ -23,7 +23,7 @@ from deer_ros.budget.calibration import CalibrationData
 from deer_ros.model.modeling_deer import DeerVLA, LSTMState
 from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.policy.exit_criterion import exit_consistency
-from deer_ros.sim.dataset import LanguageWindows
+from deer_ros.sim.dataset import ConcatenatedWindows, LanguageWindows
 
 
 def default_positions(window: int) -> tuple[int, ...]:
@@ -74,7 +74,8 @@ def window_consistency(model: DeerVLA, features: torch.Tensor, exits: np.ndarray
 
 
 @torch.no_grad()
-def collect_calibration(model: DeerVLA, instruction_encoder: InstructionEncoder, windows: LanguageWindows, *,
+def collect_calibration(model: DeerVLA, instruction_encoder: InstructionEncoder,
+                        windows: LanguageWindows | ConcatenatedWindows, *,
                         metric: str = 'rms', positions: Sequence[int] | None = None, batch_size: int = 8,
                         max_windows: int | None = None, seed: int = 0, progress: bool = True,
                         metadata: dict | None = None) -> CalibrationData:
@@ -92,7 +93,7 @@ def collect_calibration(model: DeerVLA, instruction_encoder: InstructionEncoder,
     if not positions or positions[0] < 0 or positions[-1] >= window:
         raise ValueError(f'positions must lie in [0, {window - 1}], got {list(positions)}')
     if len(windows) == 0:
-        raise ValueError(f'no {window}-frame language windows in {windows.split_dir}')
+        raise ValueError(f'no {window}-frame language windows in {", ".join(map(str, windows.split_dirs))}')
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(windows))[:max_windows]
     chunks = []
@@ -111,5 +112,5 @@ def collect_calibration(model: DeerVLA, instruction_encoder: InstructionEncoder,
         exits = history_exits(rng, (len(items), window), model.num_exits)
         chunks.append(window_consistency(model, features, exits, positions, metric))
     info = {'window_size': window, 'positions': list(positions), 'num_windows': int(order.size), 'seed': seed,
-            'history_exits': 'uniform over exits 1..n-1', 'split_dir': str(windows.split_dir)}
+            'history_exits': 'uniform over exits 1..n-1', 'split_dirs': [str(d) for d in windows.split_dirs]}
     return CalibrationData(np.concatenate(chunks), metric, model.exit_layers, {**info, **(metadata or {})})

@@ -101,6 +101,8 @@ class Collector:
         recording, annotations = Recording(), []
         for _ in range(max_tasks):
             options = applicable_tasks(state, SUPPORTED_TASKS)
+            if not options:  # e.g. every block already placed: nothing left to demonstrate from here
+                break
             task, next_state = options[int(self.rng.integers(len(options)))]
             start = len(recording)
             done, obs = self._attempt(env, expert, obs, task, recording)

@@ -178,6 +178,7 @@ class LanguageWindows:
         if window < 1 or stride < 1:
             raise ValueError(f'window and stride must be >= 1, got {window}, {stride}')
         self.split_dir = Path(split_dir)
+        self.split_dirs = [self.split_dir]
         self.window = window
         self.keys = tuple(keys)
         self.annotations = read_annotations(self.split_dir)
@@ -198,6 +199,33 @@ class LanguageWindows:
     def load_frame(self, index: int) -> dict[str, np.ndarray]:
         with np.load(frame_path(self.split_dir, index)) as npz:
             return {key: npz[key] for key in self.keys}
+
+
+class ConcatenatedWindows:
+    """Windows of several splits read as one sequence, e.g. fresh-start demos plus chained demos.
+
+    Each split keeps its own frame numbering, so datasets recorded separately
+    are combined without rewriting files; windows never span two splits.
+    """
+
+    def __init__(self, parts: Sequence[LanguageWindows]) -> None:
+        if not parts:
+            raise ValueError('no splits to concatenate')
+        if len({(part.window, part.keys) for part in parts}) != 1:
+            raise ValueError('concatenated splits must share window length and keys')
+        self.parts = list(parts)
+        self.window, self.keys = parts[0].window, parts[0].keys
+        self.split_dirs = [part.split_dir for part in parts]
+        self._ends = np.cumsum([len(part) for part in parts])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def __getitem__(self, item: int) -> Window:
+        if not 0 <= item < len(self):
+            raise IndexError(f'window {item} out of range for {len(self)} windows')
+        part = int(np.searchsorted(self._ends, item, side='right'))
+        return self.parts[part][item - (int(self._ends[part - 1]) if part else 0)]
 
 
 def _build_torch_adapter() -> type:

@@ -15,7 +15,8 @@ from .config import PRECISIONS, SCHEDULES, TrainConfig
 from .parameters import GROUPS
 
 _HELP = {
-    'data': 'dataset root holding training/ and validation/ (CALVIN layout)',
+    'data': 'dataset roots holding training/ and validation/ (CALVIN layout); several roots are concatenated '
+            '(e.g. fresh-start demos plus chained ones)',
     'output': 'run directory: policy/, last/, metrics.csv',
     'model': 'config name (tiny, smollm2), config file, or checkpoint directory to start from',
     'add_proprio': 'start from --model with proprioception added (use_proprio): every weight kept, the new '
@@ -51,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(TrainConfig):
         flag = '--' + field.name.replace('_', '-')
         help_text = _HELP.get(field.name)
-        if field.name in ('data', 'output'):
+        if field.name == 'data':
+            parser.add_argument(flag, required=True, nargs='+', help=help_text)
+        elif field.name == 'output':
             parser.add_argument(flag, required=True, help=help_text)
         elif field.name == 'freeze':
             parser.add_argument(flag, nargs='*', choices=sorted(GROUPS), default=None, help=help_text)

@@ -21,7 +21,7 @@ STAGES = ('joint', 'heads')
 class TrainConfig:
     """Everything a run needs; ``joint_steps``/``head_steps`` count optimizer steps per process."""
 
-    data: str
+    data: list[str]                     # dataset roots; their training/ and validation/ splits are concatenated
     output: str
     model: str = 'tiny'                 # config name, config file or checkpoint directory to start from
     add_proprio: bool = False           # turn on use_proprio for a model that lacks it (new robot-state layers)
@@ -58,6 +58,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):  # one root, as in run files written before several were allowed
+            self.data = [str(self.data)]
+        if not self.data:
+            raise ValueError('data needs at least one dataset root')
         if self.precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
         if self.schedule not in SCHEDULES:

@@ -9,14 +9,14 @@ into a {0, 1} open-probability target for the BCE term.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from deer_ros.model.tokenization import InstructionEncoder
-from deer_ros.sim.dataset import LanguageWindows
+from deer_ros.sim.dataset import ConcatenatedWindows, LanguageWindows
 from deer_ros.sim.language import TASK_LANGUAGE
 
 Batch = dict[str, torch.Tensor]
@@ -32,7 +32,7 @@ def window_keys(robot_obs: bool) -> tuple[str, ...]:
 class ActionWindows(Dataset):
     """``LanguageWindows`` items as training arrays: images, optional robot state, pose and gripper targets."""
 
-    def __init__(self, windows: LanguageWindows) -> None:
+    def __init__(self, windows: LanguageWindows | ConcatenatedWindows) -> None:
         if 'rel_actions' not in windows.keys:
             raise ValueError('training windows must load rel_actions')
         self.windows = windows
@@ -93,12 +93,27 @@ class EpochBatchSampler(Sampler[list[int]]):
             epoch, offset = epoch + 1, 0
 
 
-def open_split(root: Path, split: str, window: int, stride: int, robot_obs: bool) -> ActionWindows:
-    """Windows of ``root/split`` (``training`` or ``validation``), reading only the keys the model uses."""
-    split_dir = Path(root) / split
-    if not (split_dir / 'lang_annotations').is_dir():
-        raise FileNotFoundError(f'{split_dir} is not a CALVIN-format split (no lang_annotations/)')
-    return ActionWindows(LanguageWindows(split_dir, window=window, stride=stride, keys=window_keys(robot_obs)))
+def split_windows(roots: Sequence[Path | str], split: str, window: int, stride: int,
+                  keys: Sequence[str]) -> LanguageWindows | ConcatenatedWindows | None:
+    """``window``-frame windows of ``root/split`` over every root that has that split (None when none has it)."""
+    parts = []
+    for root in roots:
+        split_dir = Path(root) / split
+        if not split_dir.is_dir():
+            continue
+        if not (split_dir / 'lang_annotations').is_dir():
+            raise FileNotFoundError(f'{split_dir} is not a CALVIN-format split (no lang_annotations/)')
+        parts.append(LanguageWindows(split_dir, window=window, stride=stride, keys=keys))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else ConcatenatedWindows(parts)
+
+
+def open_split(roots: Sequence[Path | str], split: str, window: int, stride: int,
+               robot_obs: bool) -> ActionWindows | None:
+    """Training arrays of ``split`` (``training`` or ``validation``) over all dataset roots, reading only used keys."""
+    windows = split_windows(roots, split, window, stride, window_keys(robot_obs))
+    return None if windows is None else ActionWindows(windows)
 
 
 def state_statistics(dataset: ActionWindows, windows: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -28,12 +28,11 @@ from deer_ros.budget.collect import collect_calibration
 from deer_ros.model import load_model
 from deer_ros.model.builder import with_proprioception, with_sentence_encoder
 from deer_ros.model.tokenization import InstructionEncoder
-from deer_ros.sim.dataset import LanguageWindows
 
 from .augment import augment_batch
 from .checkpoint import ResumePoint, has_resume_point, load_resume_point, save_resume_point
 from .config import STAGES, TrainConfig
-from .data import Batch, EpochBatchSampler, WindowCollator, open_split, state_statistics
+from .data import Batch, EpochBatchSampler, WindowCollator, open_split, split_windows, state_statistics
 from .distributed import DistContext, init_distributed, shutdown_distributed
 from .heads import per_step_exits
 from .metrics import MetricsLog
@@ -96,7 +95,9 @@ class Trainer:
         self.amp_dtype = autocast_dtype(config.precision, device)
         self.generator = torch.Generator()
         self.instruction_encoder = InstructionEncoder(model.config.decoder)
-        self.train_set = open_split(Path(config.data), 'training', config.window, config.stride, self.robot_obs)
+        self.train_set = open_split(config.data, 'training', config.window, config.stride, self.robot_obs)
+        if self.train_set is None:
+            raise FileNotFoundError(f'no training/ split under {", ".join(config.data)}')
         if self.objective.state_probe is not None and self.point is None:
             mean, std = state_statistics(self.train_set)
             self.objective.state_probe.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
@@ -118,11 +119,10 @@ class Trainer:
 
     def _validation_windows(self) -> Subset | None:
         """A fixed, seeded subset of non-overlapping validation windows (None when the split has none)."""
-        if self.config.val_windows == 0 or not (Path(self.config.data) / 'validation').is_dir():
+        if self.config.val_windows == 0:
             return None
-        windows = open_split(Path(self.config.data), 'validation', self.config.window, self.config.window,
-                             self.robot_obs)
-        if len(windows) == 0:
+        windows = open_split(self.config.data, 'validation', self.config.window, self.config.window, self.robot_obs)
+        if windows is None or len(windows) == 0:
             return None
         order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(self.config.seed))
         return Subset(windows, order[:self.config.val_windows].tolist())
@@ -250,13 +250,13 @@ class Trainer:
     def _calibrate(self, policy: Path) -> CalibrationData | None:
         """Consistency values on held-out validation windows with mixed-exit histories (budget file format)."""
         config, model = self.config, self.objective.model
-        split = Path(config.data) / 'validation'
-        if config.calibration_windows == 0 or not split.is_dir():
+        if config.calibration_windows == 0:
             return None
         keys = ('rgb_static', 'rgb_gripper') + (('robot_obs',) if model.config.use_proprio else ())
-        windows = LanguageWindows(split, window=config.window, stride=config.window, keys=keys)
-        if len(windows) == 0:
-            self._say(f'no {config.window}-frame windows in {split}: calibration skipped')
+        windows = split_windows(config.data, 'validation', config.window, config.window, keys)
+        if windows is None or len(windows) == 0:
+            self._say(f'no {config.window}-frame validation windows under {", ".join(config.data)}: '
+                      'calibration skipped')
             return None
         return collect_calibration(model, self.instruction_encoder, windows, metric=config.calibration_metric,
                                    batch_size=config.batch_size, max_windows=config.calibration_windows,

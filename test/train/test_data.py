@@ -14,7 +14,7 @@ from deer_ros.train.data import EpochBatchSampler, WindowCollator, open_split, s
 
 
 def test_embedded_demos_become_batches(demo_data):
-    dataset = open_split(demo_data, 'training', window=4, stride=2, robot_obs=False)
+    dataset = open_split([demo_data], 'training', window=4, stride=2, robot_obs=False)
     raw = LanguageWindows(demo_data / 'training', window=4, stride=2)
     assert len(dataset) == len(raw) == 4 * 4  # 10-frame episodes, starts 0, 2, 4, 6
     sample = dataset[5]
@@ -33,7 +33,7 @@ def test_embedded_demos_become_batches(demo_data):
 
 def test_real_calvin_shaped_split_loads_with_robot_state(tmp_path):
     rel_actions = write_calvin_like_split(tmp_path / 'training', first=100, length=8, rng=np.random.default_rng(0))
-    dataset = open_split(tmp_path, 'training', window=6, stride=1, robot_obs=True)
+    dataset = open_split([tmp_path], 'training', window=6, stride=1, robot_obs=True)
     assert len(dataset) == 3
     sample = dataset[1]
     assert sample['robot_obs'].shape == (6, 15) and sample['robot_obs'].dtype == np.float32
@@ -45,8 +45,25 @@ def test_real_calvin_shaped_split_loads_with_robot_state(tmp_path):
     states = np.concatenate([dataset[i]['robot_obs'] for i in range(3)])
     np.testing.assert_allclose(mean, states.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(std, states.std(axis=0), rtol=1e-5)
+    assert open_split([tmp_path], 'validation', window=6, stride=1, robot_obs=False) is None  # no such split
+    (tmp_path / 'validation').mkdir()
     with pytest.raises(FileNotFoundError, match='CALVIN-format'):
-        open_split(tmp_path, 'validation', window=6, stride=1, robot_obs=False)
+        open_split([tmp_path], 'validation', window=6, stride=1, robot_obs=False)
+
+
+def test_several_roots_concatenate_without_windows_across_them(demo_data, tmp_path):
+    write_calvin_like_split(tmp_path / 'training', first=100, length=8, rng=np.random.default_rng(0))
+    embedded = LanguageWindows(demo_data / 'training', window=4, stride=2)
+    calvin_like = LanguageWindows(tmp_path / 'training', window=4, stride=2)
+    dataset = open_split([demo_data, tmp_path], 'training', window=4, stride=2, robot_obs=False)
+    assert len(dataset) == len(embedded) + len(calvin_like) == 16 + 3
+    np.testing.assert_array_equal(dataset[15]['rgb_static'], embedded[15].frames['rgb_static'])
+    np.testing.assert_array_equal(dataset[16]['rgb_static'], calvin_like[0].frames['rgb_static'])
+    np.testing.assert_array_equal(dataset[18]['rgb_gripper'], calvin_like[2].frames['rgb_gripper'])
+    with pytest.raises(IndexError):
+        dataset.windows[19]
+    validation = open_split([demo_data, tmp_path], 'validation', window=4, stride=4, robot_obs=False)
+    assert len(validation) == len(LanguageWindows(demo_data / 'validation', window=4, stride=4))  # one root has it
 
 
 @pytest.mark.parametrize('world', [1, 2])

@@ -16,10 +16,11 @@ from deer_ros.model.builder import with_sentence_encoder
 from deer_ros.train.config import TrainConfig
 from deer_ros.train.metrics import read_metrics
 from deer_ros.train.trainer import train
+from train_fixtures import write_demo_dataset
 
 
-def _config(data: Path, output: Path, model: Path, **overrides) -> TrainConfig:
-    settings = dict(data=str(data), output=str(output), model=str(model), window=4, stride=2, batch_size=4,
+def _config(data: Path | list[str], output: Path, model: Path, **overrides) -> TrainConfig:
+    settings = dict(data=data, output=str(output), model=str(model), window=4, stride=2, batch_size=4,
                     joint_steps=6, head_steps=4, lr=1e-3, head_lr_scale=1.0, head_stage_lr=1e-3, warmup_steps=2,
                     num_workers=0, log_every=1, eval_every=100, save_every=3, val_windows=4,
                     calibration_windows=4, progress=False)
@@ -106,3 +107,13 @@ def test_outputs_round_trip_and_resume_matches_an_uninterrupted_run(demo_data, s
         np.testing.assert_allclose(value, weights[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert _curve(resumed, 'train/loss') == pytest.approx(_curve(straight, 'train/loss'), rel=1e-4)
     assert sorted(_curve(resumed, 'train/loss')) == list(range(1, 11))
+
+
+def test_several_dataset_roots_train_and_calibrate_together(demo_data, small_config_file, tmp_path):
+    extra = write_demo_dataset(tmp_path / 'extra', train_episodes=2, val_episodes=1, length=10, seed=1)
+    result = train(_config([str(demo_data), str(extra)], tmp_path / 'run', small_config_file, joint_steps=2,
+                           head_steps=1, val_windows=100, calibration_windows=100))
+    assert TrainConfig.load(tmp_path / 'run' / 'train_config.json').data == [str(demo_data), str(extra)]
+    data = CalibrationData.load(calibration_path(result.policy_dir))
+    assert data.metadata['split_dirs'] == [str(demo_data / 'validation'), str(extra / 'validation')]
+    assert data.metadata['num_windows'] == 2 * 2 + 1 * 2  # 10-frame validation episodes, 4-frame windows, stride 4
