@@ -104,3 +104,23 @@ def with_sentence_encoder(model: DeerVLA, text_length: int = 16) -> DeerVLA:
     decoder = dataclasses.replace(model.config.decoder, tokenizer='minilm', text_length=text_length)
     return _rebuilt(model, dataclasses.replace(model.config, decoder=decoder), ('text_proj.',), ('embed_tokens.',),
                     'switch to the sentence encoder')
+
+
+def with_exit_interval(model: DeerVLA, exit_interval: int) -> DeerVLA:
+    """``model`` with an exit every ``exit_interval`` decoder layers over the same kept layers, every weight kept.
+
+    No weight depends on where the exits are: only which layers' pooled
+    states the heads see. Denser exits make early stops cheaper relative to
+    full depth (with one layer per exit the earliest stop, exit 2, costs 2/L
+    of the decoder instead of 4/L), at the price of one head pass per checked
+    exit; the heads must then be trained on the new exits' features
+    (``deer-ros train --exit-interval``).
+    """
+    config = model.config
+    if exit_interval == config.exit_interval:
+        return model
+    if exit_interval < 1 or config.kept_layers % exit_interval:
+        raise ConfigError(f'exit_interval {exit_interval} must divide the {config.kept_layers} kept decoder layers')
+    respaced = dataclasses.replace(config, exit_interval=exit_interval,
+                                   num_exits=config.kept_layers // exit_interval)
+    return _rebuilt(model, respaced, (), (), 'move the exits')

@@ -24,6 +24,8 @@ _HELP = {
     'sentence_encoder': 'start from --model with instructions read by the frozen all-MiniLM-L6-v2 sentence encoder '
                         '(decoder.tokenizer minilm): token embeddings dropped, a new projection of the encoder states, '
                         'every other weight kept',
+    'exit_interval': 'start from --model with an exit every N decoder layers over the same kept layers (0: keep the '
+                     "model's); every weight kept, the heads learn the new exits' features",
     'window': 'frames per training window',
     'stride': 'frames between training-window starts',
     'batch_size': 'windows per process and step',

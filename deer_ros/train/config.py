@@ -26,6 +26,7 @@ class TrainConfig:
     model: str = 'tiny'                 # config name, config file or checkpoint directory to start from
     add_proprio: bool = False           # turn on use_proprio for a model that lacks it (new robot-state layers)
     sentence_encoder: bool = False      # switch the model's text input to the frozen MiniLM encoder (new projection)
+    exit_interval: int = 0              # re-space the model's exits every N decoder layers; 0 = keep the model's
     window: int = 12
     stride: int = 1                     # frames between training-window starts
     batch_size: int = 8                 # windows per process and step
@@ -70,7 +71,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('joint_steps', 'head_steps', 'warmup_steps', 'val_windows', 'calibration_windows',
-                     'static_pad', 'gripper_pad', 'num_workers', 'threads', 'state_weight', 'task_weight'):
+                     'static_pad', 'gripper_pad', 'num_workers', 'exit_interval', 'threads', 'state_weight',
+                     'task_weight'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
 from deer_ros.budget.collect import collect_calibration
 from deer_ros.model import load_model
-from deer_ros.model.builder import with_proprioception, with_sentence_encoder
+from deer_ros.model.builder import with_exit_interval, with_proprioception, with_sentence_encoder
 from deer_ros.model.tokenization import InstructionEncoder
 
 from .augment import augment_batch
@@ -86,6 +86,8 @@ class Trainer:
                 model = with_proprioception(model)
             if config.sentence_encoder:
                 model = with_sentence_encoder(model)
+            if config.exit_interval:
+                model = with_exit_interval(model, config.exit_interval)
             self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight,
                                                 config.task_weight).to(device)
         # The head is trained on `window`-step histories: the policy replays that many at run time.

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from deer_ros.model import CheckpointError, ConfigError, DeerConfig, DeerVLA, load_config, load_model
-from deer_ros.model.builder import with_proprioception
+from deer_ros.model.builder import with_exit_interval, with_proprioception
+from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.policy.early_exit import EarlyExitPolicy
 from deer_ros.policy.exit_criterion import ExitCriterion
 from deer_ros.policy.types import Observation
@@ -105,3 +106,21 @@ def test_adding_proprioception_keeps_every_weight() -> None:
         torch.testing.assert_close(state[name], tensor)
     assert not extended.proprio_to_exit.weight.any() and not extended.proprio_to_exit.bias.any()
     assert with_proprioception(extended) is extended
+
+
+def test_moving_the_exits_keeps_every_weight_and_the_features_of_the_old_exits(tiny_model, random_observations) -> None:
+    dense = with_exit_interval(tiny_model, 1).eval()
+    assert dense.config.exit_layers == tuple(range(1, 13)) and tiny_model.config.exit_layers == (2, 4, 6, 8, 10, 12)
+    state = dense.state_dict()
+    for name, tensor in tiny_model.state_dict().items():
+        torch.testing.assert_close(state[name], tensor)
+    observation = random_observations(1)[0]
+    images = [torch.from_numpy(getattr(observation, key))[None] for key in ('rgb_static', 'rgb_gripper')]
+    text_input, mask = InstructionEncoder(tiny_model.config.decoder)(['open the drawer'])
+    with torch.no_grad():
+        sparse_features = tiny_model.exit_features(tiny_model.encode_vision(*images), text_input, mask)
+        dense_features = dense.exit_features(dense.encode_vision(*images), text_input, mask)
+    torch.testing.assert_close(dense_features[:, 1::2], sparse_features)  # layers 2, 4, .., 12 in both
+    assert with_exit_interval(dense, 1) is dense
+    with pytest.raises(ConfigError, match='must divide the 12 kept decoder layers'):
+        with_exit_interval(tiny_model, 5)
