@@ -6,24 +6,23 @@
 #      (deer-ros train --add-proprio --task-weight 0.1)
 #   4. switch the instructions to the frozen MiniLM sentence encoder and train on
 #      (deer-ros train --sentence-encoder --task-weight 0.5)
-#   5. collect chained demonstrations (5 subtasks per rollout, each starting where the last one ended, as in
-#      the evaluation's chains) and train on from step 4 on both datasets with an exit after every decoder
-#      layer (deer-ros train --data A B --exit-interval 1), writing the calibration file beside the weights
+#   5. move the exits to every decoder layer (12 instead of 6) and retrain the shared head on them, backbone
+#      frozen (deer-ros train --exit-interval 1 --joint-steps 0), writing the calibration file beside the weights
 #   6. evaluate it on 5-instruction chains                          (deer-ros evaluate)
 #   7. install config.json, model.safetensors, calibration.npz, train_config.json and
 #      evaluation.json into deer_ros/pretrained/tiny/
 #
 # Knobs (environment variables, defaults in brackets): WORK [runs/default_policy], DEMOS [400],
 # CHAIN_LENGTH [1], JOINT_STEPS [2000], HEAD_STEPS [300], PROPRIO_STEPS [2250], BATCH [4], TEXT_STEPS [4000],
-# TEXT_HEAD_STEPS [300], TEXT_BATCH [8], CHAIN_DEMOS [600], CHAIN_STEPS [2500], CHAIN_HEAD_STEPS [300], CHAINS [32],
+# TEXT_HEAD_STEPS [300], TEXT_BATCH [8], EXIT_HEAD_STEPS [600], CHAINS [32],
 # THREADS [1], SEED [1], INSTALL_DIR [deer_ros/pretrained/tiny].
 # Re-running skips a finished collection and resumes an interrupted training run.
 # --state-weight 1: the tiny model's vision stack starts from random weights; without the robot-state
 # auxiliary it stayed blind (docs/training.md, section 4). Images alone did not give a policy that finishes
 # tasks in closed loop; the robot state (step 3) is what made it act (docs/training.md).
-# CHAIN_LENGTH=1 records every demo of the first dataset from a fresh start state (the robot at its home
-# pose); step 5 adds demos that start where the previous subtask left the robot and the scene, as the
-# evaluation's second to fifth subtasks do.
+# CHAIN_LENGTH=1 records every demo from a fresh start state (the robot at its home pose). Chained demos
+# (--chain-length 5, started where the previous subtask left off) were tried as extra data and not kept:
+# docs/training.md, section 4.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,9 +39,7 @@ BATCH="${BATCH:-4}"
 TEXT_STEPS="${TEXT_STEPS:-4000}"
 TEXT_HEAD_STEPS="${TEXT_HEAD_STEPS:-300}"
 TEXT_BATCH="${TEXT_BATCH:-8}"
-CHAIN_DEMOS="${CHAIN_DEMOS:-600}"
-CHAIN_STEPS="${CHAIN_STEPS:-2500}"
-CHAIN_HEAD_STEPS="${CHAIN_HEAD_STEPS:-300}"
+EXIT_HEAD_STEPS="${EXIT_HEAD_STEPS:-600}"
 CHAINS="${CHAINS:-32}"
 THREADS="${THREADS:-1}"
 SEED="${SEED:-1}"
@@ -83,30 +80,21 @@ echo "== train with the sentence encoder: $TEXT_STEPS joint + $TEXT_HEAD_STEPS h
   --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume
 echo "== sentence-encoder train done at ${SECONDS}s"
 
-if [ ! -f "$WORK/collect_chains_summary.json" ]; then
-  echo "== collect: $CHAIN_DEMOS chained demos"
-  rm -rf "$WORK/chain_data"
-  "$PY" -m deer_ros.cli collect --output "$WORK/chain_data" --episodes "$CHAIN_DEMOS" --seed "$((SEED + 1))" \
-    --chain-length 5 --no-progress | sed '/^pybullet build time\|^argv\[0\]/d' > "$WORK/collect_chains_summary.json.tmp"
-  mv "$WORK/collect_chains_summary.json.tmp" "$WORK/collect_chains_summary.json"
-fi
-echo "== chained collect done at ${SECONDS}s"
-
-echo "== train on both datasets: $CHAIN_STEPS joint + $CHAIN_HEAD_STEPS head steps"
-"$PY" -m deer_ros.cli train --data "$WORK/data" "$WORK/chain_data" --output "$WORK/train_chains" \
-  --model "$WORK/train_text/policy" --exit-interval 1 --joint-steps "$CHAIN_STEPS" --head-steps "$CHAIN_HEAD_STEPS" --batch-size "$TEXT_BATCH" \
-  --lr 2e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 50 --schedule cosine --state-weight 1 --task-weight 0.5 \
-  --log-every 25 --eval-every 500 --save-every 200 --val-windows 64 --calibration-windows 256 \
+echo "== exits after every layer: $EXIT_HEAD_STEPS head steps"
+"$PY" -m deer_ros.cli train --data "$WORK/data" --output "$WORK/train_exits" --model "$WORK/train_text/policy" \
+  --exit-interval 1 --joint-steps 0 --head-steps "$EXIT_HEAD_STEPS" --batch-size "$TEXT_BATCH" \
+  --head-stage-lr 1e-4 --warmup-steps 50 --schedule cosine \
+  --log-every 25 --eval-every 300 --save-every 300 --val-windows 64 --calibration-windows 256 \
   --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume
-echo "== chained-data train done at ${SECONDS}s"
+echo "== exit re-spacing done at ${SECONDS}s"
 
 echo "== evaluate: $CHAINS chains"
 "$PY" -m deer_ros.cli evaluate --policy deer_ros.policy.chain_policy:deer_policy \
-  --policy-kwargs "{\"source\": \"$WORK/train_chains/policy\"}" --num-chains "$CHAINS" --no-progress \
+  --policy-kwargs "{\"source\": \"$WORK/train_exits/policy\"}" --num-chains "$CHAINS" --no-progress \
   --output "$WORK/evaluation.json"
 echo "== evaluate done at ${SECONDS}s"
 
 mkdir -p "$DEST"
-cp "$WORK/train_chains/policy/config.json" "$WORK/train_chains/policy/model.safetensors" \
-  "$WORK/train_chains/policy/calibration.npz" "$WORK/train_chains/train_config.json" "$WORK/evaluation.json" "$DEST/"
+cp "$WORK/train_exits/policy/config.json" "$WORK/train_exits/policy/model.safetensors" \
+  "$WORK/train_exits/policy/calibration.npz" "$WORK/train_exits/train_config.json" "$WORK/evaluation.json" "$DEST/"
 echo "installed into $DEST (total ${SECONDS}s)"

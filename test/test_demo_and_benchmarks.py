@@ -42,14 +42,14 @@ def test_demo_runs_a_short_chain_through_ros_with_the_shipped_policy(ros_domain_
 
 
 def test_reproduce_script_runs_end_to_end_in_a_smoke_run(tmp_path: Path) -> None:
-    """collect -> train -> + proprio -> + sentence encoder -> + chained demos -> calibrate -> evaluate -> install.
+    """collect -> train -> + proprio -> + sentence encoder -> 12 exits -> calibrate -> evaluate -> install.
 
     12 demos, so the validation split (10 %) that calibration is collected on is not empty.
     """
     installed = tmp_path / 'installed'
     env = {**os.environ, 'WORK': str(tmp_path / 'work'), 'DEMOS': '12', 'JOINT_STEPS': '2', 'HEAD_STEPS': '1',
            'PROPRIO_STEPS': '2', 'BATCH': '2', 'TEXT_STEPS': '2', 'TEXT_HEAD_STEPS': '1', 'TEXT_BATCH': '2',
-           'CHAIN_DEMOS': '6', 'CHAIN_STEPS': '2', 'CHAIN_HEAD_STEPS': '1', 'CHAINS': '1',
+           'EXIT_HEAD_STEPS': '1', 'CHAINS': '1',
            'INSTALL_DIR': str(installed)}
     subprocess.run(['bash', str(ROOT / 'scripts' / 'reproduce_default_policy.sh')], env=env, check=True, cwd=ROOT,
                    timeout=900, capture_output=True)
@@ -57,5 +57,6 @@ def test_reproduce_script_runs_end_to_end_in_a_smoke_run(tmp_path: Path) -> None
                                                      'train_config.json', 'evaluation.json'}
     runtime = PolicyRuntime(installed)
     assert runtime.config.use_proprio and runtime.config.decoder.tokenizer == 'minilm'
+    assert runtime.config.exit_layers == tuple(range(1, 13))
     assert runtime.calibration_source.endswith('calibration.npz')
     assert json.loads((installed / 'evaluation.json').read_text())['num_chains'] == 1
