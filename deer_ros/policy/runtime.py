@@ -51,7 +51,7 @@ _LOG = logging.getLogger(__name__)
 class _SyntheticWindows:
     """Random-image windows under the evaluation instructions, shaped like ``LanguageWindows``."""
 
-    split_dir = Path('<synthetic>')
+    split_dirs = [Path('<synthetic>')]
 
     def __init__(self, count: int, window: int, seed: int) -> None:
         self.window = window
