@@ -36,6 +36,7 @@ from deer_ros.nodes.bridge import (STEP_MODES, ActionMailbox, Interrupted, Polic
                                    received_action, step_summary)
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
+from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import joint_state_msg, tcp_pose_msg
 from deer_ros.nodes.ros_time import stamp_ns
 from deer_ros.sim.evaluate_cli import build_sim_factory
@@ -109,7 +110,7 @@ class CalvinBridgeNode(Node):
         self.summary_pub = self.create_publisher(String, 'evaluation/summary', latched)
         self.action_sub = self.create_subscription(ArmAction, 'arm_action', self._on_action, 10,
                                                    callback_group=group)
-        self.stats_sub = self.create_subscription(ExitStats, 'exit_stats', self._on_exit_stats, 100,
+        self.stats_sub = self.create_subscription(ExitStats, 'exit_stats', self._on_exit_stats, EXIT_STATS_QOS,
                                                   callback_group=group)
         self.create_service(Trigger, '~/start_evaluation', self._on_start_evaluation, callback_group=group)
         self.reset_client = self.create_client(Trigger, 'deer_policy/reset', callback_group=group)

@@ -41,6 +41,7 @@ from deer_ros.msg import ArmAction, ExitStats
 from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, STALE_POLICIES, STATIC_CAMERA,
                                     TCP_POSE, PolicyController, check_image, check_joint_positions)
 from deer_ros.nodes.diagnostics import PolicyDiagnostics
+from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.image_conversion import image_msg_to_rgb
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
 from deer_ros.nodes.robot_state import check_tcp_pose, tcp_pose_array
@@ -172,7 +173,7 @@ class PolicyNode(Node):
 
         self.action_pub = self.create_publisher(ArmAction, 'arm_action', depth)
         self.twist_pub = self.create_publisher(TwistStamped, 'delta_twist_cmds', depth)
-        self.stats_pub = self.create_publisher(ExitStats, 'exit_stats', 10)
+        self.stats_pub = self.create_publisher(ExitStats, 'exit_stats', EXIT_STATS_QOS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)
