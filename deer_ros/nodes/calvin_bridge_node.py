@@ -234,10 +234,10 @@ class CalvinBridgeNode(Node):
     def _wait_for_policy(self) -> None:
         """Until some node publishes actions (a policy may take minutes to load its model), then its exit statistics.
 
-        Actions and ExitStats are separate DDS endpoints, matched one after the other: starting before the
-        stats reader was matched (a graph count says "discovered", not "matched") lost the ExitStats of
-        the first steps now and then. A policy that publishes no ExitStats (not a DeeR policy) is
-        evaluated after a short grace, without GFLOPs.
+        Actions and ExitStats are separate DDS endpoints, matched one after the other. ExitStats are kept
+        for late readers (``EXIT_STATS_QOS``), so a late match no longer loses the first steps' figures;
+        waiting here for the stats writer tells a policy that publishes none (not a DeeR policy) apart:
+        it is evaluated after a short grace, without GFLOPs, and the log says so.
         """
         topic = self.action_sub.topic_name
         while self.action_sub.get_publisher_count() == 0:

@@ -41,9 +41,9 @@ from deer_ros.msg import ArmAction, ExitStats
 from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, STALE_POLICIES, STATIC_CAMERA,
                                     TCP_POSE, PolicyController, check_image, check_joint_positions)
 from deer_ros.nodes.diagnostics import PolicyDiagnostics
-from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.image_conversion import image_msg_to_rgb
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
+from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import check_tcp_pose, tcp_pose_array
 from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
 from deer_ros.policy.exit_criterion import METRICS

@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from train_fixtures import write_demo_dataset
+
 from deer_ros import cli
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
 from deer_ros.model import load_model
@@ -16,7 +18,6 @@ from deer_ros.model.builder import with_sentence_encoder
 from deer_ros.train.config import TrainConfig
 from deer_ros.train.metrics import read_metrics
 from deer_ros.train.trainer import train
-from train_fixtures import write_demo_dataset
 
 
 def _config(data: Path | list[str], output: Path, model: Path, **overrides) -> TrainConfig:
