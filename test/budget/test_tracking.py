@@ -44,6 +44,18 @@ def test_tracker_meets_the_average_when_the_cost_jumps_with_the_target() -> None
     assert tracker.realised == pytest.approx(0.05, rel=0.03)
 
 
+def test_tracker_pays_back_an_overspend_within_a_few_horizons() -> None:
+    """A warm-up that spends 2x the request is repaid: the run's average is back on the request soon after."""
+    tracker = AverageBudgetTracker(0.05, (0.02, 0.11), interval=25, horizon=50)
+    for _ in range(100):
+        tracker.record(0.1)
+    assert tracker.realised == pytest.approx(0.1) and tracker.target < 0.05  # the account is overdrawn
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        tracker.record(1.1 * tracker.target * rng.uniform(0.8, 1.2))
+    assert tracker.realised == pytest.approx(0.05, rel=0.03)
+
+
 def test_tracker_target_stays_inside_the_feasible_range() -> None:
     tracker = AverageBudgetTracker(0.3, (0.1, 0.33), interval=5)
     _run(tracker, 0.5, 200, np.random.default_rng(1))  # the policy can never spend 0.3: the target saturates
@@ -56,11 +68,13 @@ def test_tracker_rejects_bad_settings() -> None:
         AverageBudgetTracker(0.5, (0.1, 0.33))
     with pytest.raises(ValueError, match='gain'):
         AverageBudgetTracker(0.2, (0.1, 0.33), gain=0.0)
+    with pytest.raises(ValueError, match='horizon'):
+        AverageBudgetTracker(0.2, (0.1, 0.33), horizon=0)
 
 
 def test_runtime_meets_the_average_budget_on_observations_unlike_its_calibration() -> None:
     """Random images are far from the demos the thresholds were solved on: tracking closes the gap."""
-    torch.set_num_threads(1)  # 1200 small steps: one thread is fastest on a shared 2-core machine
+    torch.set_num_threads(1)  # 600 small steps: one thread is fastest on a shared 2-core machine
     rng = np.random.default_rng(0)
     frames = [Observation(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
                           rng.integers(0, 256, (84, 84, 3), dtype=np.uint8), rng.normal(size=15) * 0.1)
@@ -70,10 +84,9 @@ def test_runtime_meets_the_average_budget_on_observations_unlike_its_calibration
     error = {}
     for track in (False, True):
         runtime = PolicyRuntime(resolve_checkpoint('tiny'), budget=Budget(avg_gflops=requested), track_average=track)
-        costs = [runtime.step(frames[i % len(frames)], 'push the drawer shut')[1].llm_gflops for i in range(600)]
-        # The whole run: with 8 distinct frames the per-interval cost jumps between a few values and the
-        # target cycles around the request; the average the operator sees still meets it. With the shipped
-        # policy's 12 exits the first corrections overshoot (+9 % after 300 steps, -1 % after 600).
+        costs = [runtime.step(frames[i % len(frames)], 'push the drawer shut')[1].llm_gflops for i in range(300)]
+        # The whole run: with 8 distinct frames the per-interval cost jumps between a few values; the
+        # average the operator sees still meets the request (measured: -11.6 % untracked, -1.2 % tracked).
         error[track] = abs(float(np.mean(costs)) / requested - 1.0)
         assert ('solver target' in runtime.describe()['avg tracking']) == track
-    assert error[True] < 0.05 and error[True] < error[False]
+    assert error[True] < 0.03 and error[True] < error[False]
