@@ -156,6 +156,12 @@ class RosPolicy:
         interrupted: polled while waiting; true raises :class:`Interrupted`.
         mode: ``lockstep`` waits for an answer to this frame (up to ``timeout``);
             ``fixed_rate`` steps every ``period`` s with the newest action, or a hold.
+        holds_step: in lockstep, whether a hold answers the frame. Free play: yes,
+            a hold is a command the arm executes. Evaluation: no, the paused
+            simulator waits for the policy's action. A hold means the policy's
+            inputs were not usable yet (under load one topic of the frame may
+            still be in flight; a hold carries no frame stamp), and stepping on it
+            would spend one of the subtask's steps on machine timing.
     """
 
     announce: Callable[[str], None]
@@ -167,6 +173,7 @@ class RosPolicy:
     mode: StepMode = 'lockstep'
     timeout: float = 30.0
     period: float = 1.0 / 30.0
+    holds_step: bool = True
     republish_period: float = 0.2
     gripper: GripperLatch = field(default_factory=GripperLatch)
     executed: list[int] = field(default_factory=list)  # stamps of the policy actions the simulator executed
@@ -191,14 +198,17 @@ class RosPolicy:
 
     def _lockstep(self, stamp: int) -> ReceivedAction:
         deadline = time.monotonic() + self.timeout
+        holds = 0
         while (remaining := deadline - time.monotonic()) > 0:
             if self.interrupted():
                 raise Interrupted()
             action = self.mailbox.take(newer_than_ns=stamp, timeout=min(self.republish_period, remaining))
-            if action is not None:
+            if action is not None and (self.holds_step or not action.hold):
                 return action
+            holds += action is not None
             self.republish()
-        raise PolicyTimeout(f'no action for the frame stamped {stamp} ns within {self.timeout:g} s')
+        held = f' (the policy answered with {holds} holds: see its log for why)' if holds else ''
+        raise PolicyTimeout(f'no action for the frame stamped {stamp} ns within {self.timeout:g} s{held}')
 
     def _fixed_rate(self) -> ReceivedAction | None:
         if self.interrupted():

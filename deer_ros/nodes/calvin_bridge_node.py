@@ -266,6 +266,7 @@ class CalvinBridgeNode(Node):
         try:
             [chains] = disjoint_subsets(generate_chains(self.tasks, DEFAULT_NUM_CHAINS, seed), [num], offset)
             policy = self._policy(self._stop.is_set)
+            policy.holds_step = False  # a subtask's steps are the policy's actions, not DDS timing
             self._wait_for_policy()
             self.get_logger().info(f'evaluating {len(chains)} chains from offset {offset}')
             stats_timeout = self.get_parameter('action_timeout_s').value

@@ -96,6 +96,26 @@ def test_lockstep_republishes_while_waiting_then_times_out_or_is_interrupted():
         policy.step({}, 'open the drawer')
 
 
+def test_lockstep_waits_through_holds_for_the_policy_action():
+    """Evaluation: a hold (inputs not usable yet) is no answer; the simulator stays paused, the frame is re-sent."""
+    loop = _Loop(answer=False)
+    answers = [received_action([0.0] * 6, GRIPPER_OPEN, True, 10),
+               received_action([0.25] * 6, GRIPPER_CLOSE, False, 10)]
+    policy = loop.policy(timeout=5.0, republish_period=0.05, holds_step=False)
+    policy.republish = lambda: (loop.events.append('republish'), answers and loop.mailbox.put(answers.pop(0)))
+    action = policy.step({}, 'open the drawer')
+    assert action.tolist() == [0.25] * 6 + [GRIPPER_CLOSE] and policy.executed == [10]
+    assert loop.events[-3:] == ['frame 10', 'republish', 'republish']
+
+
+def test_lockstep_timeout_says_the_policy_was_holding():
+    loop = _Loop(answer=False)
+    policy = loop.policy(timeout=0.3, republish_period=0.05, holds_step=False)
+    loop.mailbox.put(received_action([0.0] * 6, GRIPPER_OPEN, True, 99))
+    with pytest.raises(PolicyTimeout, match='answered with 1 holds'):
+        policy.step({}, 'open the drawer')
+
+
 def test_fixed_rate_steps_without_an_answer_as_a_hold():
     loop = _Loop(answer=False)
     policy = loop.policy(mode='fixed_rate', period=0.01)

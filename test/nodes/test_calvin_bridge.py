@@ -118,7 +118,8 @@ def test_bridge_evaluates_chains_against_the_policy_node(start_node, rclpy_conte
     # An untrained policy cannot finish a subtask in 4 steps (8 cm of motion at most): the chain ends there.
     assert chain['steps'] == [4] and chain['successes'] == 0
     gflops = summary['gflops']
-    # Every executed step was a policy step (no holds) at full depth: the tiny model's cost, 6 of 6 exits.
+    # In an evaluation only policy actions step the simulator (holds are waited through): 4 steps at full depth,
+    # the tiny model's cost, 6 of 6 exits.
     # ExitStats travel on their own topic; the bridge waits for the stats of every executed step.
     assert gflops['policy_steps'] == 4 and gflops['mean_exit'] == 6.0 and gflops['exit_histogram'] == {'6': 1.0}
     assert 0 < gflops['latency_ms_p50'] <= gflops['latency_ms_p99']
