@@ -183,11 +183,12 @@ class CalvinBridgeNode(Node):
             self.get_logger().warning('policy reset service did not answer within 5 s')
 
     # ---- simulator thread
-    def _policy(self, interrupted: Any) -> RosPolicy:
+    def _policy(self, interrupted: Any, *, evaluating: bool) -> RosPolicy:
+        """Free play waits forever and executes holds; an evaluation times out and steps on policy actions only."""
         return RosPolicy(self._announce, self._publish, self._republish, self._reset_policy, interrupted,
                          self.mailbox, mode=self.values['step_mode'],
-                         timeout=self.get_parameter('action_timeout_s').value,
-                         republish_period=self.values['republish_period_s'])
+                         timeout=self.get_parameter('action_timeout_s').value if evaluating else float('inf'),
+                         republish_period=self.values['republish_period_s'], holds_step=not evaluating)
 
     def _run(self) -> None:
         try:
@@ -225,8 +226,7 @@ class CalvinBridgeNode(Node):
 
     def _free_play(self, sim: Simulator, obs: Obs) -> Obs:
         """Apply actions forever (until interrupted), in the configured step mode."""
-        policy = self._policy(lambda: self._stop.is_set() or self._evaluate.is_set())
-        policy.timeout = float('inf')
+        policy = self._policy(lambda: self._stop.is_set() or self._evaluate.is_set(), evaluating=False)
         while True:
             action = policy.step(obs, self.get_parameter('instruction').value)
             obs, *_ = sim.env.step(action)
@@ -265,8 +265,7 @@ class CalvinBridgeNode(Node):
         results, rows = [], []
         try:
             [chains] = disjoint_subsets(generate_chains(self.tasks, DEFAULT_NUM_CHAINS, seed), [num], offset)
-            policy = self._policy(self._stop.is_set)
-            policy.holds_step = False  # a subtask's steps are the policy's actions, not DDS timing
+            policy = self._policy(self._stop.is_set, evaluating=True)
             self._wait_for_policy()
             self.get_logger().info(f'evaluating {len(chains)} chains from offset {offset}')
             stats_timeout = self.get_parameter('action_timeout_s').value

@@ -35,7 +35,7 @@ def test_tracker_meets_the_average_when_the_cost_jumps_with_the_target() -> None
     """Measured on the shipped policy: near the cheap end one correction moves the cost from 0.76x to 1.4x.
 
     A controller on the last interval's mean cycles between the two and overspends by their mean (+8 %);
-    on the run's average it dwells on the cheap side until the average is back on the request.
+    the account dwells on the cheap side until the overspend is paid back.
     """
     tracker = AverageBudgetTracker(0.05, (0.038, 0.112), interval=25)
     rng = np.random.default_rng(2)

@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from deer_ros.nodes.bridge import (ActionMailbox, GripperLatch, Interrupted, PolicyTimeout, RosPolicy, StepStats,
-                                   received_action, step_summary)
+from deer_ros.nodes.bridge import (ActionMailbox, GripperLatch, Interrupted, PolicyTimeout, ReceivedAction, RosPolicy,
+                                   StepStats, received_action, step_summary)
 from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN
 
 
@@ -52,12 +52,16 @@ def test_step_stats_wait_for_late_exit_stats_and_summarise():
 
 
 class _Loop:
-    """Records what a RosPolicy does, in order; ``answer`` makes a policy reply to each published frame."""
+    """Records what a RosPolicy does, in order.
 
-    def __init__(self, answer: bool) -> None:
+    ``answer`` makes a policy reply to each published frame; ``replies`` are put in the mailbox one per re-send.
+    """
+
+    def __init__(self, answer: bool, replies: list[ReceivedAction] | None = None) -> None:
         self.events: list[str] = []
         self.mailbox = ActionMailbox()
         self.answer = answer
+        self.replies = list(replies or [])
         self.stamp = 0
         self.stop = False
 
@@ -68,9 +72,14 @@ class _Loop:
             self.mailbox.put(received_action([0.5] * 6, GRIPPER_CLOSE, False, self.stamp))
         return self.stamp
 
+    def republish(self) -> None:
+        self.events.append('republish')
+        if self.replies:
+            self.mailbox.put(self.replies.pop(0))
+
     def policy(self, **kwargs) -> RosPolicy:
         return RosPolicy(lambda text: self.events.append(f'instruction {text}'), self.publish,
-                         lambda: self.events.append('republish'), lambda: self.events.append('reset'),
+                         self.republish, lambda: self.events.append('reset'),
                          lambda: self.stop, self.mailbox, **kwargs)
 
 
@@ -98,11 +107,9 @@ def test_lockstep_republishes_while_waiting_then_times_out_or_is_interrupted():
 
 def test_lockstep_waits_through_holds_for_the_policy_action():
     """Evaluation: a hold (inputs not usable yet) is no answer; the simulator stays paused, the frame is re-sent."""
-    loop = _Loop(answer=False)
-    answers = [received_action([0.0] * 6, GRIPPER_OPEN, True, 10),
-               received_action([0.25] * 6, GRIPPER_CLOSE, False, 10)]
+    loop = _Loop(answer=False, replies=[received_action([0.0] * 6, GRIPPER_OPEN, True, 10),
+                                        received_action([0.25] * 6, GRIPPER_CLOSE, False, 10)])
     policy = loop.policy(timeout=5.0, republish_period=0.05, holds_step=False)
-    policy.republish = lambda: (loop.events.append('republish'), answers and loop.mailbox.put(answers.pop(0)))
     action = policy.step({}, 'open the drawer')
     assert action.tolist() == [0.25] * 6 + [GRIPPER_CLOSE] and policy.executed == [10]
     assert loop.events[-3:] == ['frame 10', 'republish', 'republish']
