@@ -12,6 +12,13 @@ and peak LLM GFLOPs, average total GFLOPs, resident parameter memory and step
 latency. Headlines: full-depth / DeeR average-GFLOPs ratio at equal success,
 and realised-versus-requested budget error.
 
+"Equal success" is judged two ways, both reported: strictly (the cheapest DeeR
+setting whose average length is at least full depth's) and paired (the cheapest
+DeeR setting whose per-chain difference to full depth, chain by chain on the
+same chains, has a 95 % interval reaching 0 or above, i.e. is not measurably
+worse). The strict rule flips with a single chain when success hardly depends
+on depth; the paired one says what the sample can resolve.
+
     .venv/bin/python benchmarks/tradeoff.py --source deer_ros/pretrained/tiny --chains 50 --workers 2 \
         --output runs/tradeoff
     .venv/bin/python benchmarks/tradeoff.py --reduced --output /tmp/tradeoff   # CI smoke run
@@ -52,6 +59,12 @@ def confidence_interval(successes: list[int]) -> float:
     return 1.96 * float(np.std(successes, ddof=1)) / math.sqrt(len(successes))
 
 
+def paired_difference(successes: list[int], reference: list[int]) -> tuple[float, float]:
+    """Mean per-chain difference ``successes - reference`` (same chains, same order) and its 95 % half-width."""
+    differences = [a - b for a, b in zip(successes, reference, strict=True)]
+    return float(np.mean(differences)), confidence_interval(differences)
+
+
 def settings_for(source: str, budgets: list[float] | None, num_budgets: int) -> tuple[list[Setting], object]:
     """Static truncation at every exit and DeeR budgets (given, or spread over the feasible range)."""
     runtime = PolicyRuntime(source)
@@ -71,7 +84,7 @@ def row_for(setting: Setting, report: EvaluationReport, table) -> dict:
     successes = [result.successes for result in report.results]
     row = {'name': setting.name, 'kind': setting.kind, 'requested_avg_gflops': setting.budget.avg_gflops,
            'average_length': report.average_length, 'ci95': confidence_interval(successes),
-           'success_rates': report.success_rates,
+           'successes': successes, 'success_rates': report.success_rates,
            'avg_llm_gflops': stats.get('llm_gflops', float('nan')),
            'peak_llm_gflops': peak_from_histogram(stats, table.llm_gflops),
            'avg_total_gflops': stats.get('total_gflops', float('nan')),
@@ -84,16 +97,42 @@ def row_for(setting: Setting, report: EvaluationReport, table) -> dict:
     return row
 
 
+def compare_with_full_depth(rows: list[dict]) -> None:
+    """Add each DeeR row's paired per-chain difference to full depth (``paired_difference`` ± ``paired_ci95``)."""
+    full = full_depth(rows)
+    for row in rows:
+        if row['kind'] == 'deer':
+            row['paired_difference'], row['paired_ci95'] = paired_difference(row['successes'], full['successes'])
+
+
+def full_depth(rows: list[dict]) -> dict:
+    """The most expensive static row: truncation at the last exit."""
+    return max((r for r in rows if r['kind'] == 'static'), key=lambda r: r['avg_llm_gflops'])
+
+
 def headlines(rows: list[dict]) -> dict:
-    """Ratio full depth / cheapest DeeR setting at least as successful (none when full depth solves nothing)."""
-    full = max((r for r in rows if r['kind'] == 'static'), key=lambda r: r['avg_llm_gflops'])
+    """Ratios full depth / cheapest DeeR setting of equal success, strict and paired (none when full depth solves nothing).
+
+    Reads the paired differences that ``compare_with_full_depth`` added.
+    """
+    full = full_depth(rows)
     deer = [r for r in rows if r['kind'] == 'deer']
-    matching = [r for r in deer if r['average_length'] >= full['average_length'] > 0]
-    best = min(matching, key=lambda r: r['avg_llm_gflops'], default=None)
+    solved = full['average_length'] > 0
+    strict = [r for r in deer if solved and r['average_length'] >= full['average_length']]
+    paired = [r for r in deer if solved and r['paired_difference'] + r['paired_ci95'] >= 0]
+
+    def cheapest(matching: list[dict]) -> dict | None:
+        return min(matching, key=lambda r: r['avg_llm_gflops'], default=None)
+
+    def ratio(row: dict | None) -> float | None:
+        return full['avg_llm_gflops'] / row['avg_llm_gflops'] if row else None
+
+    best, best_paired = cheapest(strict), cheapest(paired)
     return {'full_depth_average_length': full['average_length'],
-            'full_over_deer_gflops_at_equal_success':
-                full['avg_llm_gflops'] / best['avg_llm_gflops'] if best else None,
+            'full_over_deer_gflops_at_equal_success': ratio(best),
             'deer_setting_matching_full_depth': best['name'] if best else None,
+            'full_over_deer_gflops_not_measurably_worse': ratio(best_paired),
+            'deer_setting_not_measurably_worse': best_paired['name'] if best_paired else None,
             'max_abs_budget_error': max((abs(r['budget_error']) for r in deer), default=None)}
 
 
@@ -117,12 +156,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def markdown(rows: list[dict], head: dict) -> str:
     lines = ['| setting | avg len ± 95% CI | avg LLM GFLOPs | peak LLM GFLOPs | avg total GFLOPs | params MiB '
-             '| avg exit | step ms | budget error |', '|---|---|---|---|---|---|---|---|---|']
+             '| avg exit | step ms | budget error | vs full depth, paired |', '|---|---|---|---|---|---|---|---|---|---|']
     for r in sorted(rows, key=lambda r: (r['kind'], r['avg_llm_gflops'])):
         error = f"{r['budget_error'] * 100:+.1f}%" if 'budget_error' in r else ''
+        paired = f"{r['paired_difference']:+.2f} ± {r['paired_ci95']:.2f}" if 'paired_difference' in r else ''
         lines.append(f"| {r['name']} | {r['average_length']:.2f} ± {r['ci95']:.2f} | {r['avg_llm_gflops']:.4f} | "
                      f"{r['peak_llm_gflops']:.4f} | {r['avg_total_gflops']:.4f} | {r['param_mib']:.1f} | "
-                     f"{r['avg_exit']:.2f} | {r['latency_ms']:.1f} | {error} |")
+                     f"{r['avg_exit']:.2f} | {r['latency_ms']:.1f} | {error} | {paired} |")
     lines.append('')
     lines.append(f'headlines: {json.dumps(head)}')
     return '\n'.join(lines)
@@ -157,18 +197,22 @@ def main() -> None:
         factory = ChainPolicyFactory(args.source, setting.budget, track_average=not args.offline_thresholds)
         report = evaluate(chains, EmbeddedSim(args.scene), factory, workers=args.workers, max_steps=args.max_steps)
         rows.append(row_for(setting, report, table))
-        write_outputs(args, table, rows)  # after every setting, so an interrupted run keeps what it measured
-    print(markdown(rows, headlines(rows)))
+        summary = write_outputs(args, table, rows)  # after every setting, so an interrupted run keeps what it measured
+    print(summary)
 
 
-def write_outputs(args: argparse.Namespace, table, rows: list[dict]) -> None:
+def write_outputs(args: argparse.Namespace, table, rows: list[dict]) -> str:
+    """results.json, tradeoff.png and table.md for the rows so far; returns the table."""
+    compare_with_full_depth(rows)
     head = headlines(rows)
     (args.output / 'results.json').write_text(json.dumps(
         {'source': args.source, 'chains': args.chains, 'offset': args.offset, 'max_steps': args.max_steps,
          'track_average': not args.offline_thresholds,
          'cost_table': asdict(table), 'rows': rows, 'headlines': head}, indent=1))
     plot(rows, args.output / 'tradeoff.png')
-    (args.output / 'table.md').write_text(markdown(rows, head) + '\n')
+    summary = markdown(rows, head)
+    (args.output / 'table.md').write_text(summary + '\n')
+    return summary
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """The trade-off benchmark and both demo modes run end to end in a reduced mode."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,9 +22,41 @@ def test_tradeoff_benchmark_reduced(tmp_path: Path) -> None:
     assert rows['static exit 1']['avg_exit'] == 1.0 and rows['static exit 6']['avg_exit'] == 6.0
     assert rows['static exit 1']['avg_llm_gflops'] < rows['static exit 6']['avg_llm_gflops']
     for row in rows.values():
-        assert abs(sum(row['exit_histogram']) - 1.0) < 1e-9
+        assert abs(sum(row['exit_histogram']) - 1.0) < 1e-9 and len(row['successes']) == 1
     assert (tmp_path / 'tradeoff.png').stat().st_size > 0
     assert 'headlines' in (tmp_path / 'table.md').read_text()
+
+
+def _tradeoff_module():
+    spec = importlib.util.spec_from_file_location('tradeoff', ROOT / 'benchmarks' / 'tradeoff.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tradeoff_headlines_judge_equal_success_strictly_and_paired() -> None:
+    """One chain fewer than full depth fails the strict rule; the paired chain-by-chain interval still reaches 0."""
+    tradeoff = _tradeoff_module()
+    full = [1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 1]  # 8 of 12
+    cheap = full[:-1] + [0]                      # the same chains, one success fewer
+    bad = [0] * 12
+
+    def row(name: str, kind: str, gflops: float, successes: list[int]) -> dict:
+        return {'name': name, 'kind': kind, 'avg_llm_gflops': gflops, 'successes': successes,
+                'average_length': sum(successes) / len(successes), 'budget_error': 0.01}
+
+    rows = [row('static exit 12', 'static', 0.12, full), row('static exit 1', 'static', 0.01, bad),
+            row('DeeR 0.02', 'deer', 0.02, cheap), row('DeeR 0.015', 'deer', 0.015, bad),
+            row('DeeR 0.06', 'deer', 0.06, full)]
+    tradeoff.compare_with_full_depth(rows)
+    head = tradeoff.headlines(rows)
+    assert head['deer_setting_matching_full_depth'] == 'DeeR 0.06'
+    assert head['full_over_deer_gflops_at_equal_success'] == 0.12 / 0.06
+    assert head['deer_setting_not_measurably_worse'] == 'DeeR 0.02'
+    assert abs(head['full_over_deer_gflops_not_measurably_worse'] - 6.0) < 1e-12
+    assert rows[2]['paired_difference'] == -1 / 12 and rows[2]['paired_ci95'] > 1 / 12
+    assert rows[3]['paired_difference'] + rows[3]['paired_ci95'] < 0  # 8 fewer of 12: measurably worse
 
 
 def test_demo_synthetic_mode_reports_exits_and_cost() -> None:
