@@ -45,6 +45,8 @@ _HELP = {
     'device': 'auto, cpu, cuda or cuda:N',
     'threads': 'torch CPU threads per process (0: torch default); 1 is fastest on a busy machine',
     'val_windows': 'validation windows scored every --eval-every steps (0: none)',
+    'snapshot_every': 'every N global steps, a model-only copy in OUTPUT/snapshots/step_N (0: none): '
+                      'validation loss does not rank checkpoints by closed-loop success, evaluate the copies instead',
     'calibration_windows': 'validation windows for the calibration file (0: skip calibration)',
 }
 

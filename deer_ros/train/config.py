@@ -54,6 +54,7 @@ class TrainConfig:
     eval_every: int = 200
     val_windows: int = 64
     save_every: int = 200
+    snapshot_every: int = 0             # model-only copies every N global steps, to pick one in closed loop; 0 = off
     calibration_windows: int = 256      # 0 skips calibration
     calibration_metric: str = 'rms'
     progress: bool = True
@@ -72,7 +73,7 @@ class TrainConfig:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('joint_steps', 'head_steps', 'warmup_steps', 'val_windows', 'calibration_windows',
                      'static_pad', 'gripper_pad', 'num_workers', 'exit_interval', 'threads', 'state_weight',
-                     'task_weight'):
+                     'task_weight', 'snapshot_every'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
 

@@ -4,6 +4,9 @@ Outputs under ``config.output``::
 
     policy/            config.json + model.safetensors + calibration.npz (what ``load_model`` and the nodes use)
     last/              resume point (also loadable as a policy; adds aux heads and optimizer state)
+    snapshots/step_N/  with ``snapshot_every``: the model after global step N (config + weights, no calibration),
+                       to choose a checkpoint by closed-loop success (``deer-ros evaluate``), which the
+                       per-frame validation loss does not predict at small data sizes (docs/training.md)
     metrics.csv        step,stage,name,value (train/* every log_every steps, val/* every eval_every)
     train_config.json  the settings of the run
 
@@ -42,6 +45,7 @@ from .step import StageStep, autocast_dtype
 
 POLICY_DIR = 'policy'
 LAST_DIR = 'last'
+SNAPSHOT_DIR = 'snapshots'
 CONFIG_FILE = 'train_config.json'
 
 
@@ -199,6 +203,8 @@ class Trainer:
                 self.val_metrics = self._validate(global_step, stage)
             if done % config.save_every == 0 or done == total:
                 self._save(ResumePoint(stage, done, global_step, update.state_dict()))
+            if config.snapshot_every and global_step % config.snapshot_every == 0 and self.context.is_main:
+                self.objective.model.save_pretrained(self.output / SNAPSHOT_DIR / f'step_{global_step:06d}')
             paused += time.perf_counter() - pause_start
         progress.close()
         return global_step

@@ -120,12 +120,18 @@ def test_several_dataset_roots_train_and_calibrate_together(demo_data, small_con
     assert data.metadata['num_windows'] == 2 * 2 + 1 * 2  # 10-frame validation episodes, 4-frame windows, stride 4
 
 
-def test_exit_interval_respaces_the_exits_and_trains_a_head_for_each(demo_data, small_config_file, tmp_path):
+def test_exit_interval_respaces_the_exits_trains_a_head_for_each_and_snapshots(demo_data, small_config_file, tmp_path):
     start = tmp_path / 'three_exits'
     load_model(small_config_file).save_pretrained(start)
-    result = train(_config(demo_data, tmp_path / 'run', start, exit_interval=1, joint_steps=2, head_steps=1))
+    result = train(_config(demo_data, tmp_path / 'run', start, exit_interval=1, joint_steps=2, head_steps=1,
+                           snapshot_every=2))
     policy = load_model(result.policy_dir)
     assert policy.exit_layers == (1, 2, 3, 4, 5, 6)
+    snapshots = tmp_path / 'run' / 'snapshots'
+    assert [path.name for path in snapshots.iterdir()] == ['step_000002']  # global step 2 of 3 (joint + heads)
+    assert load_model(snapshots / 'step_000002').exit_layers == (1, 2, 3, 4, 5, 6)
+    assert not np.array_equal(_weights(snapshots / 'step_000002')['action_head.pose_mlp.0.weight'],
+                              _weights(result.policy_dir)['action_head.pose_mlp.0.weight'])  # the heads step moved it
     with safe_open(str(tmp_path / 'run' / 'last' / 'training_heads.safetensors'), framework='np') as handle:
         assert {name.split('.')[1] for name in handle.keys() if name.startswith('aux_heads.')} == set('012345')
     data = CalibrationData.load(calibration_path(result.policy_dir), exit_layers=policy.exit_layers)
