@@ -8,6 +8,15 @@ contiguous recording and every oracle-confirmed subtask is a language-annotated
 range inside it; a failed subtask ends the rollout and its frames are dropped.
 Whole rollouts go to ``training`` or ``validation``, so windows never leak
 across the split.
+
+With a takeover policy (``--takeover-policy``, DAgger-style), each subtask
+starts with 1..``--takeover-steps`` steps of that policy (uniformly drawn) and
+the expert finishes it from wherever the policy left the robot and scene: the
+policy's frames stay in the recording unannotated (like CALVIN's unlabelled
+play), the annotation covers only the expert's recovery. Demos from the home
+pose alone never show how to get back from a learned policy's own mistakes
+(overshooting a handle, descending too early), which is where closed-loop
+rollouts fail. A subtask the policy solves by itself gets no annotation.
 """
 from __future__ import annotations
 
@@ -23,10 +32,11 @@ from tqdm import tqdm
 
 from deer_ros.sim.dataset import Annotation, CalvinDatasetWriter
 from deer_ros.sim.env import PlayTableEnv
-from deer_ros.sim.evaluation import EP_LEN
+from deer_ros.sim.evaluate_cli import load_policy_factory
+from deer_ros.sim.evaluation import EP_LEN, Policy, PolicyFactory
 from deer_ros.sim.expert import ScriptedExpert
 from deer_ros.sim.initial_state import initial_state
-from deer_ros.sim.interface import Obs
+from deer_ros.sim.interface import Info, Obs
 from deer_ros.sim.language import training_instructions
 from deer_ros.sim.layout import SCENES
 from deer_ros.sim.sequences import applicable_tasks, initial_states
@@ -73,28 +83,47 @@ class CollectSummary:
     frames: Counter = field(default_factory=Counter)
     attempted: Counter = field(default_factory=Counter)
     succeeded: Counter = field(default_factory=Counter)
+    solved_by_policy: Counter = field(default_factory=Counter)
 
     def to_json(self) -> dict:
-        return {'demos': dict(self.demos), 'frames': dict(self.frames),
-                'expert_success': {task: [self.succeeded[task], self.attempted[task]] for task in sorted(self.attempted)}}
+        summary = {'demos': dict(self.demos), 'frames': dict(self.frames),
+                   'expert_success': {task: [self.succeeded[task], self.attempted[task]]
+                                      for task in sorted(self.attempted)}}
+        if self.solved_by_policy:
+            summary['solved_by_takeover_policy'] = dict(sorted(self.solved_by_policy.items()))
+        return summary
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """The policy that starts every subtask before the expert takes over, and its longest turn in steps."""
+
+    policy_factory: PolicyFactory
+    max_steps: int
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f'takeover steps must be >= 1, got {self.max_steps}')
 
 
 class Collector:
     """Rolls out the expert over random task sequences; one env per scene, built on first use."""
 
-    def __init__(self, scenes: Sequence[str], rng: np.random.Generator, max_steps: int = EP_LEN) -> None:
+    def __init__(self, scenes: Sequence[str], rng: np.random.Generator, max_steps: int = EP_LEN,
+                 takeover: Takeover | None = None) -> None:
         self.scenes = list(scenes)
         self.rng = rng
         self.max_steps = max_steps
+        self.takeover = takeover
         self.oracle = TaskOracle()
-        self._envs: dict[str, tuple[PlayTableEnv, ScriptedExpert]] = {}
+        self._envs: dict[str, tuple[PlayTableEnv, ScriptedExpert, Policy | None]] = {}
         self._starts = initial_states()
         self.summary = CollectSummary()
 
     def rollout(self, max_tasks: int) -> tuple[Recording, list[Annotation]]:
         """One recording with up to ``max_tasks`` successful, annotated subtasks."""
         scene = self.scenes[int(self.rng.integers(len(self.scenes)))]
-        env, expert = self._env(scene)
+        env, expert, policy = self._env(scene)
         state = self._starts[int(self.rng.integers(len(self._starts)))]
         robot_obs, scene_obs = initial_state(state.conditions(), self.rng, scene)
         obs = env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
@@ -104,21 +133,41 @@ class Collector:
             if not options:  # e.g. every block already placed: nothing left to demonstrate from here
                 break
             task, next_state = options[int(self.rng.integers(len(options)))]
-            start = len(recording)
-            done, obs = self._attempt(env, expert, obs, task, recording)
-            if not done:
-                recording.truncate(start)
-                break
             phrasings = training_instructions(task)
-            annotations.append(Annotation(start, len(recording) - 1, phrasings[int(self.rng.integers(len(phrasings)))], task))
+            instruction = phrasings[int(self.rng.integers(len(phrasings)))]
+            start = len(recording)
+            start_info = env.get_info()
+            solved, obs = self._policy_turn(env, policy, obs, task, instruction, start_info, recording)
+            if not solved:
+                expert_start = len(recording)
+                done, obs = self._attempt(env, expert, obs, task, start_info, recording)
+                if not done:
+                    recording.truncate(start)
+                    break
+                annotations.append(Annotation(expert_start, len(recording) - 1, instruction, task))
             state = next_state
         return recording, annotations
 
-    def _attempt(self, env: PlayTableEnv, expert: ScriptedExpert, obs: Obs, task: str,
+    def _policy_turn(self, env: PlayTableEnv, policy: Policy | None, obs: Obs, task: str, instruction: str,
+                     start_info: Info, recording: Recording) -> tuple[bool, Obs]:
+        """The takeover policy's steps before the expert (none without one); True if it solved the task."""
+        if policy is None:
+            return False, obs
+        policy.reset()
+        for _ in range(int(self.rng.integers(1, self.takeover.max_steps + 1))):
+            action = policy.step(obs, instruction)
+            next_obs, _, _, info = env.step(action)
+            recording.add(obs, action, next_obs)
+            obs = next_obs
+            if self.oracle.get_task_info_for_set(start_info, info, {task}):
+                self.summary.solved_by_policy[task] += 1
+                return True, obs
+        return False, obs
+
+    def _attempt(self, env: PlayTableEnv, expert: ScriptedExpert, obs: Obs, task: str, start_info: Info,
                  recording: Recording) -> tuple[bool, Obs]:
         self.summary.attempted[task] += 1
         expert.reset(task)
-        start_info = env.get_info()
         for _ in range(self.max_steps):
             action = expert.act(obs)
             next_obs, _, _, info = env.step(action)
@@ -129,23 +178,25 @@ class Collector:
                 return True, obs
         return False, obs
 
-    def _env(self, scene: str) -> tuple[PlayTableEnv, ScriptedExpert]:
+    def _env(self, scene: str) -> tuple[PlayTableEnv, ScriptedExpert, Policy | None]:
         if scene not in self._envs:
             env = PlayTableEnv(scene=scene)
-            self._envs[scene] = (env, ScriptedExpert(env))
+            policy = self.takeover.policy_factory(env) if self.takeover else None
+            self._envs[scene] = (env, ScriptedExpert(env), policy)
         return self._envs[scene]
 
     def close(self) -> None:
-        for env, _ in self._envs.values():
+        for env, _, _ in self._envs.values():
             env.close()
 
 
 def collect(output: Path, num_demos: int, scenes: Sequence[str], seed: int = 0, validation_fraction: float = 0.1,
-            chain_length: int = 5, max_steps: int = EP_LEN, progress: bool = True) -> CollectSummary:
+            chain_length: int = 5, max_steps: int = EP_LEN, progress: bool = True,
+            takeover: Takeover | None = None) -> CollectSummary:
     """Record ``num_demos`` successful subtask demos into ``output/{training,validation}``."""
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f'validation fraction must be in [0, 1), got {validation_fraction}')
-    collector = Collector(scenes, np.random.default_rng(seed), max_steps)
+    collector = Collector(scenes, np.random.default_rng(seed), max_steps, takeover)
     summary = collector.summary
     bar = tqdm(total=num_demos, desc='demos', unit='demo', disable=not progress)
     rollouts = 0
@@ -179,11 +230,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--validation-fraction', type=float, default=0.1)
     parser.add_argument('--chain-length', type=int, default=5, help='subtasks per rollout before a fresh reset')
     parser.add_argument('--max-steps', type=int, default=EP_LEN, help='step budget per subtask')
+    parser.add_argument('--takeover-policy',
+                        help='module:callable (as deer-ros evaluate --policy) that starts each subtask before the '
+                             'expert takes over; the annotation covers only the expert\'s part')
+    parser.add_argument('--takeover-kwargs', type=json.loads, default={},
+                        help='JSON object passed to the takeover policy factory')
+    parser.add_argument('--takeover-steps', type=int, default=60,
+                        help='the takeover policy runs a uniformly drawn 1..N steps per subtask')
     parser.add_argument('--no-progress', action='store_true')
 
 
 def run(args: argparse.Namespace) -> int:
+    takeover = (Takeover(load_policy_factory(args.takeover_policy, args.takeover_kwargs), args.takeover_steps)
+                if args.takeover_policy else None)
     summary = collect(args.output, args.episodes, args.scenes, args.seed, args.validation_fraction,
-                      args.chain_length, args.max_steps, progress=not args.no_progress)
+                      args.chain_length, args.max_steps, progress=not args.no_progress, takeover=takeover)
     print(json.dumps(summary.to_json(), indent=1))
     return 0

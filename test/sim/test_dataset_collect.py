@@ -1,11 +1,15 @@
 """``collect`` end to end: expert rollouts rendered, oracle-checked and written in CALVIN format."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from deer_ros.sim.collect import collect
+from deer_ros.policy.chain_policy import deer_policy
+from deer_ros.resources import pretrained_dir
+from deer_ros.sim.collect import Takeover, collect
 from deer_ros.sim.dataset import LanguageWindows, frame_path
 from deer_ros.sim.language import training_instructions
 from deer_ros.sim.tasks import SUPPORTED_TASKS
@@ -40,3 +44,25 @@ def test_collect_writes_a_readable_calvin_dataset(tmp_path: Path) -> None:
         item = windows[len(windows) - 1]
         assert item.frames['rgb_static'].shape == (8, 200, 200, 3) and item.frames['rgb_static'].any()
     assert sum(summary.frames.values()) == len(seen_frames)
+
+
+def test_takeover_collect_annotates_only_the_expert_recovery(tmp_path: Path) -> None:
+    # The shipped policy starts the subtask; the expert finishes it from there (DAgger-style recovery data).
+    takeover = Takeover(functools.partial(deer_policy, source=str(pretrained_dir() / 'tiny')), max_steps=6)
+    summary = collect(tmp_path, num_demos=1, scenes=['D'], seed=3, validation_fraction=0.0, chain_length=1,
+                      progress=False, takeover=takeover)
+    split_dir = tmp_path / 'training'
+    [(first, last)] = np.load(split_dir / 'ep_start_end_ids.npy').tolist()
+    [(annotation, _)] = LanguageWindows(split_dir, window=4, stride=4).annotations
+    policy_steps = annotation.start - first
+    assert 1 <= policy_steps <= 6, 'the policy turn is recorded, unannotated, before the expert part'
+    assert annotation.end == last and summary.frames['training'] == last - first + 1
+    assert sum(summary.succeeded.values()) == 1 and annotation.instruction in training_instructions(annotation.task)
+    first_expert = np.load(frame_path(split_dir, annotation.start))
+    last_policy = np.load(frame_path(split_dir, annotation.start - 1))
+    np.testing.assert_allclose(first_expert['robot_obs'][:6], last_policy['actions'][:6])  # one contiguous recording
+
+
+def test_takeover_needs_at_least_one_policy_step() -> None:
+    with pytest.raises(ValueError, match='takeover steps'):
+        Takeover(functools.partial(deer_policy, source='tiny'), max_steps=0)
