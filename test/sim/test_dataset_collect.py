@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from deer_ros.cli import main
 from deer_ros.policy.chain_policy import deer_policy
 from deer_ros.resources import pretrained_dir
 from deer_ros.sim.collect import Takeover, collect
@@ -46,18 +48,22 @@ def test_collect_writes_a_readable_calvin_dataset(tmp_path: Path) -> None:
     assert sum(summary.frames.values()) == len(seen_frames)
 
 
-def test_takeover_collect_annotates_only_the_expert_recovery(tmp_path: Path) -> None:
+def test_takeover_collect_annotates_only_the_expert_recovery(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # The shipped policy starts the subtask; the expert finishes it from there (DAgger-style recovery data).
-    takeover = Takeover(functools.partial(deer_policy, source=str(pretrained_dir() / 'tiny')), max_steps=6)
-    summary = collect(tmp_path, num_demos=1, scenes=['D'], seed=3, validation_fraction=0.0, chain_length=1,
-                      progress=False, takeover=takeover)
+    policy_kwargs = json.dumps({'source': str(pretrained_dir() / 'tiny')})
+    assert main(['collect', '--output', str(tmp_path), '--episodes', '1', '--scenes', 'D', '--seed', '3',
+                 '--validation-fraction', '0', '--chain-length', '1', '--no-progress',
+                 '--takeover-policy', 'deer_ros.policy.chain_policy:deer_policy',
+                 '--takeover-kwargs', policy_kwargs, '--takeover-steps', '6']) == 0
+    summary = json.loads(capsys.readouterr().out)
     split_dir = tmp_path / 'training'
     [(first, last)] = np.load(split_dir / 'ep_start_end_ids.npy').tolist()
     [(annotation, _)] = LanguageWindows(split_dir, window=4, stride=4).annotations
     policy_steps = annotation.start - first
     assert 1 <= policy_steps <= 6, 'the policy turn is recorded, unannotated, before the expert part'
-    assert annotation.end == last and summary.frames['training'] == last - first + 1
-    assert sum(summary.succeeded.values()) == 1 and annotation.instruction in training_instructions(annotation.task)
+    assert annotation.end == last and summary['frames'] == {'training': last - first + 1}
+    assert sum(done for done, _ in summary['expert_success'].values()) == 1
+    assert annotation.instruction in training_instructions(annotation.task)
     first_expert = np.load(frame_path(split_dir, annotation.start))
     last_policy = np.load(frame_path(split_dir, annotation.start - 1))
     np.testing.assert_allclose(first_expert['robot_obs'][:6], last_policy['actions'][:6])  # one contiguous recording
