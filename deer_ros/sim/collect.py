@@ -11,7 +11,8 @@ across the split.
 
 With a takeover policy (``--takeover-policy``, DAgger-style), each subtask
 starts with 1..``--takeover-steps`` steps of that policy (uniformly drawn) and
-the expert finishes it from wherever the policy left the robot and scene: the
+the expert finishes it from wherever the policy left the robot and scene (resuming
+its plan where the hand already lies on it, else rising and re-planning): the
 policy's frames stay in the recording unannotated (like CALVIN's unlabelled
 play), the annotation covers only the expert's recovery. Demos from the home
 pose alone never show how to get back from a learned policy's own mistakes
@@ -167,7 +168,7 @@ class Collector:
     def _attempt(self, env: PlayTableEnv, expert: ScriptedExpert, obs: Obs, task: str, start_info: Info,
                  recording: Recording) -> tuple[bool, Obs]:
         self.summary.attempted[task] += 1
-        expert.reset(task)
+        expert.reset(task, resume=self.takeover is not None)
         for _ in range(self.max_steps):
             action = expert.act(obs)
             next_obs, _, _, info = env.step(action)

@@ -6,6 +6,11 @@ waypoints from the observation at that height (:mod:`deer_ros.sim.plans`) and fo
 It integrates its own actions into a copy of the env's target pose (initialised from the observed
 tcp), because the env accumulates deltas on a target rather than on the measured pose: servoing on
 the measured pose would keep adding the tracking lag.
+
+``reset(task, resume=True)`` is for taking over from another policy mid-task (DAgger-style
+recovery demos, :mod:`deer_ros.sim.collect`): if the hand already lies on a segment of the plan
+(e.g. half-way down towards a button), the expert carries on from there instead of rising and
+starting over, so its recovery labels do not contradict its own demos on the states they share.
 """
 from __future__ import annotations
 
@@ -17,6 +22,26 @@ from deer_ros.sim.plans import NEUTRAL_YAW, PLANNERS, SAFE_Z, View, Waypoint, pl
 
 TOLERANCE = 0.008  # metres between tcp and waypoint before moving on
 MAX_WAIT = 12  # steps to wait for a tcp that cannot get closer (pressing, end stops)
+ON_PATH = 0.02  # metres from a plan segment within which a taken-over hand counts as on the plan
+
+
+def _distance_to_segment(point: np.ndarray, start: np.ndarray, end: np.ndarray) -> float:
+    direction = end - start
+    length_sq = float(direction @ direction)
+    fraction = 0.0 if length_sq == 0.0 else float(np.clip((point - start) @ direction / length_sq, 0.0, 1.0))
+    return float(np.linalg.norm(point - (start + fraction * direction)))
+
+
+def resume_index(waypoints: list[Waypoint], tcp: np.ndarray) -> int:
+    """First waypoint to head for from ``tcp``: the end of the first plan segment the hand lies on, else 0.
+
+    The first, not the last: plans go down and back up the same line (press a button, grasp and lift),
+    and a hand on that line has not yet done what happens at its bottom.
+    """
+    for index in range(1, len(waypoints)):
+        if _distance_to_segment(tcp, waypoints[index - 1].position, waypoints[index].position) <= ON_PATH:
+            return index
+    return 0
 
 
 def _wrap(angles: np.ndarray) -> np.ndarray:
@@ -29,16 +54,19 @@ class ScriptedExpert:
     def __init__(self, env: object) -> None:
         self._config: SceneConfig = env.config
         self._task: str | None = None
+        self._resume = False
         self._stage = 'start'  # 'start' -> 'rise' -> 'task', or 'replan' -> 'task' after a preparation stage
         self._plan: list[Waypoint] = []
         self._target = np.zeros(6)
         self._waited = 0
         self._settled = 0
 
-    def reset(self, task: str) -> None:
+    def reset(self, task: str, resume: bool = False) -> None:
+        """Start ``task``; with ``resume`` carry on along the plan if the hand is already on it (see module doc)."""
         if task not in PLANNERS:
             raise ValueError(f'no expert for task {task!r}')
         self._task = task
+        self._resume = resume
         self._stage = 'start'
         self._plan = []
         self._waited = self._settled = 0
@@ -68,6 +96,12 @@ class ScriptedExpert:
         if self._stage == 'start':
             self._target = np.concatenate([view.tcp, view.euler])
             self._stage = 'rise'
+            if self._resume:
+                waypoints = plan(self._task, view)
+                start = resume_index(waypoints, view.tcp)
+                if start > 0:
+                    self._stage = 'task'
+                    return waypoints[start:]
             if view.tcp[2] < SAFE_Z - TOLERANCE:
                 return [rise(view)]
         self._stage = 'task'

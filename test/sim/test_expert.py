@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from deer_ros.sim.env import PlayTableEnv
-from deer_ros.sim.expert import ScriptedExpert
+from deer_ros.sim.expert import ScriptedExpert, resume_index
 from deer_ros.sim.initial_state import initial_state
+from deer_ros.sim.plans import SAFE_Z, Waypoint
 from deer_ros.sim.scenarios import run_episode, run_task
 
 
@@ -75,3 +76,32 @@ def test_expert_holds_still_when_the_scene_does_not_allow_the_task(env: PlayTabl
         action = expert.act(obs)
         obs, *_ = env.step(action)
     assert expert.done and np.all(expert.act(obs)[:6] == 0.0)
+
+
+def test_resume_index_carries_on_along_the_plan_and_not_past_its_bottom() -> None:
+    top, press = np.array([0.1, 0.2, 0.58]), np.array([0.1, 0.2, 0.40])
+    waypoints = [Waypoint(top, 0.0, -1), Waypoint(press, 0.0, -1), Waypoint(top, 0.0, -1)]
+    assert resume_index(waypoints, np.array([0.1, 0.21, 0.5])) == 1, 'half-way down: go on down to the press'
+    assert resume_index(waypoints, press) == 1, 'at the bottom of a down-and-up line: the press is still to do'
+    assert resume_index(waypoints, np.array([0.3, 0.2, 0.5])) == 0, 'off the plan: start it from the top'
+
+
+def test_expert_taking_over_on_the_plan_does_not_rise_first(env: PlayTableEnv) -> None:
+    conditions = {'led': 0, 'lightbulb': 0, 'slider': 'right', 'drawer': 'closed', 'red_block': 'table',
+                  'blue_block': 'slider_right', 'pink_block': 'slider_left', 'grasped': 0}
+    obs = env.reset(*initial_state(conditions, np.random.default_rng(0), 'D'))
+    expert = ScriptedExpert(env)
+    expert.reset('turn_on_led')
+    risen = False
+    for _ in range(100):  # follow the expert up to its travel height and part of the way down to the button
+        obs, *_ = env.step(expert.act(obs))
+        risen = risen or obs['robot_obs'][2] > SAFE_Z - 0.005
+        if risen and obs['robot_obs'][2] < SAFE_Z - 0.05:
+            break
+    assert risen and obs['robot_obs'][2] < SAFE_Z - 0.05
+    taking_over = ScriptedExpert(env)
+    taking_over.reset('turn_on_led', resume=True)
+    assert taking_over.act(obs)[2] < 0, 'it carries on down instead of rising to the travel height'
+    starting_over = ScriptedExpert(env)
+    starting_over.reset('turn_on_led')
+    assert starting_over.act(obs)[2] > 0
