@@ -26,7 +26,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -155,27 +155,30 @@ class Collector:
         if policy is None:
             return False, obs
         policy.reset()
-        for _ in range(int(self.rng.integers(1, self.takeover.max_steps + 1))):
-            action = policy.step(obs, instruction)
-            next_obs, _, _, info = env.step(action)
-            recording.add(obs, action, next_obs)
-            obs = next_obs
-            if self.oracle.get_task_info_for_set(start_info, info, {task}):
-                self.summary.solved_by_policy[task] += 1
-                return True, obs
-        return False, obs
+        steps = int(self.rng.integers(1, self.takeover.max_steps + 1))
+        solved, obs = self._record(env, lambda o: policy.step(o, instruction), obs, task, start_info, recording, steps)
+        if solved:
+            self.summary.solved_by_policy[task] += 1
+        return solved, obs
 
     def _attempt(self, env: PlayTableEnv, expert: ScriptedExpert, obs: Obs, task: str, start_info: Info,
                  recording: Recording) -> tuple[bool, Obs]:
         self.summary.attempted[task] += 1
         expert.reset(task, resume=self.takeover is not None)
-        for _ in range(self.max_steps):
-            action = expert.act(obs)
+        done, obs = self._record(env, expert.act, obs, task, start_info, recording, self.max_steps)
+        if done:
+            self.summary.succeeded[task] += 1
+        return done, obs
+
+    def _record(self, env: PlayTableEnv, act: Callable[[Obs], np.ndarray], obs: Obs, task: str, start_info: Info,
+                recording: Recording, steps: int) -> tuple[bool, Obs]:
+        """Step ``act`` for up to ``steps`` steps, recording every frame; True once the oracle sees ``task`` done."""
+        for _ in range(steps):
+            action = act(obs)
             next_obs, _, _, info = env.step(action)
             recording.add(obs, action, next_obs)
             obs = next_obs
             if self.oracle.get_task_info_for_set(start_info, info, {task}):
-                self.summary.succeeded[task] += 1
                 return True, obs
         return False, obs
 
