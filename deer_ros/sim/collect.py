@@ -43,6 +43,8 @@ from deer_ros.sim.layout import SCENES
 from deer_ros.sim.sequences import applicable_tasks, initial_states
 from deer_ros.sim.tasks import SUPPORTED_TASKS, TaskOracle
 
+DEFAULT_TAKEOVER_STEPS = 60
+
 
 class Recording:
     """Frames of one rollout in CALVIN's per-frame layout.
@@ -237,16 +239,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--takeover-policy',
                         help='module:callable (as deer-ros evaluate --policy) that starts each subtask before the '
                              'expert takes over; the annotation covers only the expert\'s part')
-    parser.add_argument('--takeover-kwargs', type=json.loads, default={},
-                        help='JSON object passed to the takeover policy factory')
-    parser.add_argument('--takeover-steps', type=int, default=60,
-                        help='the takeover policy runs a uniformly drawn 1..N steps per subtask')
+    parser.add_argument('--takeover-kwargs', type=json.loads,
+                        help='JSON object passed to the takeover policy factory (needs --takeover-policy)')
+    parser.add_argument('--takeover-steps', type=int,
+                        help=f'the takeover policy runs a uniformly drawn 1..N steps per subtask '
+                             f'(needs --takeover-policy; default {DEFAULT_TAKEOVER_STEPS})')
     parser.add_argument('--no-progress', action='store_true')
 
 
+def takeover_from_args(args: argparse.Namespace) -> Takeover | None:
+    """The takeover options, or None; its options without a policy are an error, not silently ignored."""
+    if args.takeover_policy is None:
+        if args.takeover_kwargs is not None or args.takeover_steps is not None:
+            raise ValueError('--takeover-kwargs and --takeover-steps need --takeover-policy')
+        return None
+    steps = DEFAULT_TAKEOVER_STEPS if args.takeover_steps is None else args.takeover_steps
+    return Takeover(load_policy_factory(args.takeover_policy, args.takeover_kwargs or {}), steps)
+
+
 def run(args: argparse.Namespace) -> int:
-    takeover = (Takeover(load_policy_factory(args.takeover_policy, args.takeover_kwargs), args.takeover_steps)
-                if args.takeover_policy else None)
+    takeover = takeover_from_args(args)
     summary = collect(args.output, args.episodes, args.scenes, args.seed, args.validation_fraction,
                       args.chain_length, args.max_steps, progress=not args.no_progress, takeover=takeover)
     print(json.dumps(summary.to_json(), indent=1))

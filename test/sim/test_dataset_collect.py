@@ -69,6 +69,13 @@ def test_takeover_collect_annotates_only_the_expert_recovery(tmp_path: Path, cap
     np.testing.assert_allclose(first_expert['robot_obs'][:6], last_policy['actions'][:6])  # one contiguous recording
 
 
+def test_takeover_options_without_a_policy_are_rejected(tmp_path: Path) -> None:
+    for option in (['--takeover-steps', '6'], ['--takeover-kwargs', '{"source": "tiny"}']):
+        with pytest.raises(ValueError, match='need --takeover-policy'):
+            main(['collect', '--output', str(tmp_path / 'data'), '--episodes', '1', *option])
+    assert not (tmp_path / 'data').exists(), 'rejected before anything is recorded'
+
+
 def test_takeover_needs_at_least_one_policy_step() -> None:
     with pytest.raises(ValueError, match='takeover steps'):
         Takeover(functools.partial(deer_policy, source='tiny'), max_steps=0)
