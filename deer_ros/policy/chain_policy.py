@@ -6,6 +6,10 @@ this adapter turns a simulator observation into an :class:`Observation`,
 steps a :class:`PolicyRuntime` and reports the exit taken and its counted
 cost. The per-exit indicator stats (``exit_1`` .. ``exit_n``) average into
 the exit histogram, from which the evaluation's peak cost is read.
+
+With a :class:`ReadyPose` (the default), every instruction first returns the
+hand to the ready pose; those steps report only ``ready_pose: 1`` (model
+steps report 0), so the model's stats and its budget count model actions only.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from deer_ros.budget.caps import Budget
+from deer_ros.policy.ready_pose import ReadyPose, ReadyPoseReturn
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import ExitInfo, Observation
 
@@ -22,14 +27,22 @@ from deer_ros.policy.types import ExitInfo, Observation
 class ChainPolicy:
     """Adapter: CALVIN-style observation dict in, 7-D relative action out."""
 
-    def __init__(self, runtime: PolicyRuntime) -> None:
+    def __init__(self, runtime: PolicyRuntime, ready_pose: ReadyPose | None = None) -> None:
         self.runtime = runtime
+        self.ready_pose_return = ReadyPoseReturn(ready_pose) if ready_pose is not None else None
         self._last: ExitInfo | None = None
 
     def reset(self) -> None:
         self.runtime.reset()
+        if self.ready_pose_return is not None:
+            self.ready_pose_return.start()
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
+        if self.ready_pose_return is not None:
+            scripted = self.ready_pose_return.next_action(obs['robot_obs'])
+            if scripted is not None:
+                self._last = None
+                return scripted.as_array()
         proprio = obs['robot_obs'] if self.runtime.config.use_proprio else None
         observation = Observation(obs['rgb_obs']['rgb_static'], obs['rgb_obs']['rgb_gripper'], proprio)
         action, self._last = self.runtime.step(observation, instruction)
@@ -37,8 +50,9 @@ class ChainPolicy:
 
     def step_stats(self) -> dict[str, float]:
         info = self._last
-        assert info is not None, 'step_stats() is read after step()'
-        stats = {'exit': info.exit_index + 1.0, 'llm_gflops': info.llm_gflops,
+        if info is None:
+            return {'ready_pose': 1.0}
+        stats = {'ready_pose': 0.0, 'exit': info.exit_index + 1.0, 'llm_gflops': info.llm_gflops,
                  'total_gflops': info.total_gflops, 'latency_ms': info.latency_ms}
         stats.update({f'exit_{k + 1}': float(k == info.exit_index) for k in range(self.runtime.cost_table.num_exits)})
         return stats
@@ -54,6 +68,7 @@ class ChainPolicyFactory:
     device: str = 'cpu'
     threads: int = 1
     track_average: bool = True  # as the node's budget.track_average (explicit thresholds turn it off)
+    ready_pose: ReadyPose | None = field(default_factory=ReadyPose)
 
     def __call__(self, env: object = None) -> ChainPolicy:
         import torch
@@ -61,7 +76,7 @@ class ChainPolicyFactory:
         runtime = PolicyRuntime(self.source, device=self.device, budget=self.budget, track_average=self.track_average)
         if self.thresholds is not None:
             runtime.use_thresholds(np.asarray(self.thresholds))
-        return ChainPolicy(runtime)
+        return ChainPolicy(runtime, self.ready_pose)
 
 
 def peak_from_histogram(step_stats: dict[str, float], per_exit_cost: list[float] | tuple[float, ...]) -> float:
@@ -71,7 +86,12 @@ def peak_from_histogram(step_stats: dict[str, float], per_exit_cost: list[float]
 
 
 def deer_policy(env: object = None, source: str = 'tiny', avg_gflops: float | None = None,
-                peak_gflops: float | None = None, device: str = 'cpu', track_average: bool = True) -> ChainPolicy:
-    """Entry point for ``deer-ros evaluate --policy deer_ros.policy.chain_policy:deer_policy --policy-kwargs '{...}'``."""
+                peak_gflops: float | None = None, device: str = 'cpu', track_average: bool = True,
+                ready_pose: bool = True) -> ChainPolicy:
+    """Entry point for ``deer-ros evaluate --policy deer_ros.policy.chain_policy:deer_policy --policy-kwargs '{...}'``.
+
+    ``ready_pose``: return to the simulator's home pose before every
+    instruction (``false``: the learned policy alone).
+    """
     return ChainPolicyFactory(source, Budget(avg_gflops=avg_gflops, peak_gflops=peak_gflops), device=device,
-                              track_average=track_average)(env)
+                              track_average=track_average, ready_pose=ReadyPose() if ready_pose else None)(env)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import multiprocessing
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -38,7 +38,8 @@ class Policy(Protocol):
     """What the evaluator drives. Optionally also ``step_stats() -> Mapping[str, float]``.
 
     ``step_stats`` is read after every step (e.g. the DeeR policy's GFLOPs and
-    exit index) and averaged per chain and over the whole evaluation.
+    exit index) and each stat is averaged, per chain and over the whole
+    evaluation, over the steps that reported it.
     """
 
     def reset(self) -> None: ...
@@ -73,11 +74,16 @@ class ChainResult:
     successes: int
     steps: list[int]
     stat_sums: dict[str, float] = field(default_factory=dict)
+    stat_counts: dict[str, int] = field(default_factory=dict)  # steps that reported each stat
+
+    def add_stats(self, stats: Mapping[str, float]) -> None:
+        for key, value in stats.items():
+            self.stat_sums[key] = self.stat_sums.get(key, 0.0) + float(value)
+            self.stat_counts[key] = self.stat_counts.get(key, 0) + 1
 
     def to_json(self) -> dict[str, Any]:
-        total = sum(self.steps)
         return {'index': self.index, **self.chain.to_json(), 'successes': self.successes, 'steps': self.steps,
-                'step_stats': {key: value / total for key, value in self.stat_sums.items()} if total else {}}
+                'step_stats': {key: value / self.stat_counts[key] for key, value in self.stat_sums.items()}}
 
 
 def run_chain(sim: Simulator, policy: Policy, chain: Chain, index: int = 0, max_steps: int = EP_LEN) -> ChainResult:
@@ -106,8 +112,7 @@ def _run_subtask(sim: Simulator, policy: Policy, obs: Obs, task: str, max_steps:
         obs, _, _, info = sim.env.step(action)
         result.steps[-1] += 1
         if stats is not None:
-            for key, value in stats().items():
-                result.stat_sums[key] = result.stat_sums.get(key, 0.0) + float(value)
+            result.add_stats(stats())
         if sim.oracle.get_task_info_for_set(start_info, info, {task}):
             return True, obs
     return False, obs
@@ -139,10 +144,15 @@ class EvaluationReport:
         return {task: {'attempted': attempted[task], 'succeeded': succeeded[task]} for task in sorted(attempted)}
 
     def step_stats(self) -> dict[str, float]:
-        """Policy stats averaged over every step of the evaluation."""
-        total = sum(sum(result.steps) for result in self.results)
+        """Each policy stat averaged over the steps of the evaluation that reported it.
+
+        A policy reports model stats (exit, GFLOPs) only on the steps its model
+        ran: scripted steps such as the return to the ready pose are not model
+        actions, and averaging zeros for them would understate the cost per action.
+        """
         keys = sorted({key for result in self.results for key in result.stat_sums})
-        return {key: sum(r.stat_sums.get(key, 0.0) for r in self.results) / total for key in keys} if total else {}
+        return {key: sum(r.stat_sums.get(key, 0.0) for r in self.results)
+                / sum(r.stat_counts.get(key, 0) for r in self.results) for key in keys}
 
     def to_json(self) -> dict[str, Any]:
         return {'num_chains': len(self.results), 'average_length': self.average_length,

@@ -35,7 +35,8 @@ class HoldStill:
         return np.array([0, 0, 0, 0, 0, 0, 1.0])
 
     def step_stats(self) -> dict[str, float]:
-        return {'gflops': 2.0, 'exit': float(self.calls % 2)}
+        """``gflops`` only on odd steps, as a model reports cost only on the steps it ran."""
+        return {'exit': float(self.calls % 2), **({'gflops': 2.0} if self.calls % 2 else {})}
 
 
 def _direct_expert_run(chain: Chain, max_steps: int) -> tuple[int, list[int]]:
@@ -84,14 +85,16 @@ def test_results_do_not_depend_on_worker_count() -> None:
     assert single.average_length > 0
 
 
-def test_failure_ends_the_chain_and_step_stats_are_averaged() -> None:
+def test_failure_ends_the_chain_and_each_stat_is_averaged_over_the_steps_that_reported_it() -> None:
     sim = SIM()
     policy = HoldStill(sim.env)
     result = run_chain(sim, policy, ARTICULATION, index=3, max_steps=5)
     sim.env.close()
     assert (result.index, result.successes, result.steps) == (3, 0, [5])
     report = EvaluationReport([result])
+    # exit over all 5 steps; gflops over the 3 steps that reported it, not diluted to 6/5
     assert report.step_stats() == {'exit': pytest.approx(3 / 5), 'gflops': pytest.approx(2.0)}
+    assert result.to_json()['step_stats'] == report.step_stats()
     assert report.task_counts() == {'turn_on_led': {'attempted': 1, 'succeeded': 0}}
 
 
