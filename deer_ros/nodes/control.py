@@ -16,6 +16,7 @@ import numpy as np
 
 from deer_ros.nodes.robot_state import robot_obs_from_ros
 from deer_ros.policy.early_exit import NonFiniteActionError
+from deer_ros.policy.ready_pose import ReadyPose, ReadyPoseReturn
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN, Action, ExitInfo, Observation
 
@@ -125,12 +126,13 @@ def check_joint_positions(positions: np.ndarray) -> str | None:
 class Decision:
     """What to publish for one tick.
 
-    ``kind``: ``action`` (a policy output), ``hold`` (zero delta, gripper
+    ``kind``: ``action`` (a policy output), ``ready_pose`` (a scripted step
+    back to the ready pose; no model ran), ``hold`` (zero delta, gripper
     unchanged), ``silent`` (publish nothing: the robot driver's own command
     timeout stops the arm) or ``wait`` (nothing new to act on yet; not a fault).
     """
 
-    kind: Literal['action', 'hold', 'silent', 'wait']
+    kind: Literal['action', 'ready_pose', 'hold', 'silent', 'wait']
     action: Action | None = None
     info: ExitInfo | None = None
     stamp_ns: int | None = None  # stamp of the static frame the action was computed from
@@ -155,16 +157,21 @@ class PolicyController:
         require_new_frame: step only on a static frame the policy has not seen,
             so a simulator stepped in lock-step gets exactly one action per frame.
 
-    A model with ``use_proprio`` also needs a fresh TCP pose: its robot state
-    is rebuilt from the TCP pose, the joint states and the controller's own
-    last gripper command (:func:`robot_obs_from_ros`).
+        ready_pose: where the hand returns (scripted) after every reset before
+            the policy acts on the new instruction; ``None``: no return.
+
+    A model with ``use_proprio``, and the return to the ready pose, also need
+    a fresh TCP pose: the robot state is rebuilt from the TCP pose, the joint
+    states and the controller's own last gripper command (:func:`robot_obs_from_ros`).
     """
 
     def __init__(self, runtime: PolicyRuntime, *, max_input_age_s: float, on_stale_input: StalePolicy = 'hold',
-                 require_new_frame: bool = True) -> None:
+                 require_new_frame: bool = True, ready_pose: ReadyPose | None = None) -> None:
         self.runtime = runtime
         self.uses_proprio = runtime.config.use_proprio
-        self.inputs = InputBuffer(INPUTS + ((TCP_POSE,) if self.uses_proprio else ()))
+        self.ready_pose_return = ReadyPoseReturn(ready_pose) if ready_pose is not None else None
+        self.needs_robot_state = self.uses_proprio or ready_pose is not None
+        self.inputs = InputBuffer(INPUTS + ((TCP_POSE,) if self.needs_robot_state else ()))
         self.max_input_age_s = max_input_age_s
         self.on_stale_input = on_stale_input
         self.require_new_frame = require_new_frame
@@ -178,8 +185,14 @@ class PolicyController:
             changed = text != self.inputs.value(INSTRUCTION)
             self.inputs.put(INSTRUCTION, text, now)
             if changed:
-                self.runtime.reset()
+                self.reset()
             return changed
+
+    def reset(self) -> None:
+        """New task: forget the step history and, with a ready pose, go there first."""
+        self.runtime.reset()
+        if self.ready_pose_return is not None:
+            self.ready_pose_return.start()
 
     def tick(self, now: float) -> Decision:
         snapshot = self.inputs.snapshot(now, self.max_input_age_s)
@@ -190,9 +203,13 @@ class PolicyController:
             return Decision('wait')
         values = snapshot.values
         try:
-            proprio = robot_obs_from_ros(values[TCP_POSE], values[JOINT_STATES], self.gripper) \
-                if self.uses_proprio else None
-            observation = Observation(values[STATIC_CAMERA], values[GRIPPER_CAMERA], proprio)
+            robot_obs = robot_obs_from_ros(values[TCP_POSE], values[JOINT_STATES], self.gripper) \
+                if self.needs_robot_state else None
+            scripted = self.ready_pose_return.next_action(robot_obs) if self.ready_pose_return is not None else None
+            if scripted is not None:
+                return self._acted(frame, 'ready_pose', safe_action(scripted), None, snapshot)
+            observation = Observation(values[STATIC_CAMERA], values[GRIPPER_CAMERA],
+                                      robot_obs if self.uses_proprio else None)
             action, info = self.runtime.step(observation, values[INSTRUCTION])
             action = safe_action(action)
         except NonFiniteActionError as error:
@@ -201,9 +218,13 @@ class PolicyController:
             return self._fallback([f'bad input: {error}'])
         except Exception as error:  # noqa: BLE001 - the safety boundary: whatever broke, the robot must hold
             return self._fallback([f'policy step failed: {type(error).__name__}: {error}'])
+        return self._acted(frame, 'action', action, info, snapshot)
+
+    def _acted(self, frame: tuple[str, int], kind: Literal['action', 'ready_pose'], action: Action,
+               info: ExitInfo | None, snapshot: Snapshot) -> Decision:
         self._last_frame = frame
         self.gripper = action.gripper
-        return Decision('action', action, info, snapshot.stamps[STATIC_CAMERA] or None)
+        return Decision(kind, action, info, snapshot.stamps[STATIC_CAMERA] or None)
 
     def _fallback(self, problems: list[str]) -> Decision:
         if self.on_stale_input == 'silent':

@@ -103,10 +103,12 @@ class PolicyDiagnostics:
         elif last.kind in ('hold', 'silent'):
             level = DiagnosticStatus.ERROR
             message = f'{"holding" if last.kind == "hold" else "silent"}: {"; ".join(last.problems)}'
+        elif last.kind == 'ready_pose':
+            level, message = DiagnosticStatus.OK, 'returning to the ready pose'
         else:
             level, message = DiagnosticStatus.OK, 'acting'
         policy = DiagnosticStatus(name=f'{self.name}: policy', hardware_id=self.name, level=level, message=message)
-        pairs: list[tuple[str, object]] = [(kind, self.decisions[kind]) for kind in ('action', 'hold', 'silent')]
+        pairs: list[tuple[str, object]] = [(kind, self.decisions[kind]) for kind in ('action', 'ready_pose', 'hold', 'silent')]
         if self.latencies_ms:
             latencies = np.asarray(self.latencies_ms)
             llm, total = np.mean(np.asarray(self.gflops), axis=0)

@@ -47,6 +47,7 @@ from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import check_tcp_pose, tcp_pose_array
 from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
 from deer_ros.policy.exit_criterion import METRICS
+from deer_ros.policy.ready_pose import SIM_HOME_TCP, ReadyPose
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE, Action, ExitInfo
 from deer_ros.resources import resolve_checkpoint
@@ -93,6 +94,13 @@ PARAMETERS = (
               read_only=True, limits=(1, 1000)),
     ParamSpec('frame_id', 'world', 'frame_id of ArmAction and TwistStamped (CALVIN deltas are in the world '
               'frame).'),
+    ParamSpec('ready_pose.enabled', False, 'After every reset (a new instruction or the ~/reset service), drive the '
+              'hand to ready_pose.tcp with the gripper open (a held object stays held) before the policy acts: the '
+              'pose the training demos start from. Scripted, no model step, no ExitStats. Needs tcp_pose.',
+              read_only=True),
+    ParamSpec('ready_pose.tcp', list(SIM_HOME_TCP), 'Ready pose: TCP x y z (m) and Euler xyz (rad) in frame_id; '
+              'the default is the embedded simulator\'s home pose, where the shipped policy\'s demos start.',
+              read_only=True),
 )
 
 
@@ -145,7 +153,9 @@ class PolicyNode(Node):
                                      warn=self.get_logger().warning)
         self.controller = PolicyController(self.runtime, max_input_age_s=values['max_input_age_s'],
                                            on_stale_input=values['on_stale_input'],
-                                           require_new_frame=values['require_new_frame'])
+                                           require_new_frame=values['require_new_frame'],
+                                           ready_pose=ReadyPose(tuple(values['ready_pose.tcp']))
+                                           if values['ready_pose.enabled'] else None)
         self.diagnostics = PolicyDiagnostics(self.get_name(), self.runtime.cost_table.num_exits,
                                              inputs=self.controller.inputs.names)
         self._publish_lock = threading.Lock()
@@ -166,7 +176,7 @@ class PolicyNode(Node):
                                  sensor_qos, callback_group=sensors)
         self.create_subscription(JointState, 'joint_states', self._on_joint_states, sensor_qos,
                                  callback_group=sensors)
-        if self.controller.uses_proprio:
+        if self.controller.needs_robot_state:
             self.create_subscription(PoseStamped, 'tcp_pose', self._on_tcp_pose, sensor_qos, callback_group=sensors)
         self.create_subscription(String, 'instruction', self._on_instruction, latched, callback_group=sensors)
         self.create_service(Trigger, '~/reset', self._on_reset, callback_group=sensors)
@@ -227,7 +237,7 @@ class PolicyNode(Node):
             self.get_logger().info(f'new instruction {msg.data!r}: policy state reset')
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.runtime.reset()
+        self.controller.reset()
         self.get_logger().info('policy state reset (service)')
         response.success, response.message = True, 'policy state reset'
         return response

@@ -8,12 +8,14 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
+from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from policy_driver import FAST_POLICY, PolicyDriver, random_frame
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
+from deer_ros.policy.ready_pose import SIM_HOME_TCP
 from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
 from ros_helpers import BackgroundSpinner, wait_for
 
@@ -198,6 +200,34 @@ def test_a_proprioceptive_policy_holds_without_the_tcp_pose_and_acts_with_it(sta
         assert _diagnostics_error(driver, diagnostics, 'tcp pose: none received yet')
         action = driver.action_for(driver.send(tcp=[0.1, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0]))
         assert action is not None and not action.hold, node.log
+
+
+def test_with_a_ready_pose_every_reset_first_returns_the_hand_there(start_node, driver, tiny_checkpoint):
+    """Scripted steps (no ExitStats) until the TCP pose is the ready pose, then the policy; ~/reset restarts it."""
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint), 'ready_pose.enabled': True})
+    assert node.wait_for_log('ready in', STARTUP_S), node.log
+    home = [*SIM_HOME_TCP[:3], *Rotation.from_euler('xyz', SIM_HOME_TCP[3:]).as_quat()]
+    low = [home[0], home[1], home[2] - 0.2, *home[3:]]
+    reset = driver.create_client(Trigger, 'deer_policy/reset')
+
+    def scripted_step_up() -> None:
+        stamp = driver.send(tcp=low)
+        action = driver.action_for(stamp)
+        assert action is not None and not action.hold, node.log
+        np.testing.assert_allclose(action.delta, [0, 0, 1, 0, 0, 0], atol=1e-6)  # straight up, at full speed
+        assert action.gripper == 1 and driver.stats_for(stamp, timeout=1.0) is None  # no model ran
+
+    with BackgroundSpinner(driver, context=driver.context):
+        assert driver.wait_connected() and wait_for(lambda: driver.tcp_pub.get_subscription_count() > 0, 20.0)
+        driver.instruct('open the drawer')
+        assert node.wait_for_log("new instruction 'open the drawer'")
+        scripted_step_up()
+        assert driver.stats_for(driver.send(tcp=home)) is not None, node.log  # arrived: the policy acts
+        assert driver.stats_for(driver.send(tcp=low)) is not None  # and keeps acting until the next reset
+        assert reset.wait_for_service(15.0)
+        future = reset.call_async(Trigger.Request())
+        assert wait_for(future.done, 15.0) and future.result().success
+        scripted_step_up()
 
 
 def test_an_infeasible_start_up_budget_stops_the_node_with_the_reason(start_node, tiny_checkpoint):
