@@ -120,4 +120,5 @@ def test_evaluate_cli_writes_a_report(tmp_path) -> None:
                  '--no-progress', '--output', str(output)]) == 0
     report = json.loads(output.read_text())
     assert report['num_chains'] == 1 and report['settings']['offset'] == 5
+    assert report['settings']['policy'] == 'expert' and report['settings']['policy_kwargs'] == {}
     assert report['chains'][0]['steps'] == [3] and len(report['settings']['chains_sha256']) == 64
