@@ -108,7 +108,8 @@ class PolicyDiagnostics:
         else:
             level, message = DiagnosticStatus.OK, 'acting'
         policy = DiagnosticStatus(name=f'{self.name}: policy', hardware_id=self.name, level=level, message=message)
-        pairs: list[tuple[str, object]] = [(kind, self.decisions[kind]) for kind in ('action', 'ready_pose', 'hold', 'silent')]
+        pairs: list[tuple[str, object]] = [(kind, self.decisions[kind])
+                                           for kind in ('action', 'ready_pose', 'hold', 'silent')]
         if self.latencies_ms:
             latencies = np.asarray(self.latencies_ms)
             llm, total = np.mean(np.asarray(self.gflops), axis=0)

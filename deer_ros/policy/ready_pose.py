@@ -51,7 +51,8 @@ class ReadyPose:
 
     def __post_init__(self) -> None:
         if len(self.tcp) != POSE_DIM or not np.all(np.isfinite(self.tcp)):
-            raise ValueError(f'ready pose needs {POSE_DIM} finite values (x y z in m, Euler xyz in rad), got {self.tcp}')
+            raise ValueError(f'ready pose needs {POSE_DIM} finite values (x y z in m, Euler xyz in rad), '
+                             f'got {self.tcp}')
         if self.max_steps < 0 or self.position_tolerance_m <= 0 or self.orientation_tolerance_rad <= 0:
             raise ValueError('ready pose: max_steps must be >= 0 and the tolerances > 0')
 

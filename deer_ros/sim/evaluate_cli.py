@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     print(report.format_table())
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        settings = {'policy': args.policy, 'policy_kwargs': args.policy_kwargs, 'backend': args.backend, 'scene': args.scene, 'offset': args.offset,
-                    'chain_seed': args.chain_seed, 'max_steps': args.max_steps,
-                    'chains_sha256': chains_digest(chains)}
+        settings = {'policy': args.policy, 'policy_kwargs': args.policy_kwargs, 'backend': args.backend,
+                    'scene': args.scene, 'offset': args.offset, 'chain_seed': args.chain_seed,
+                    'max_steps': args.max_steps, 'chains_sha256': chains_digest(chains)}
         args.output.write_text(json.dumps({'settings': settings, **report.to_json()}, indent=1))
     return 0
