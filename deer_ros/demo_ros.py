@@ -119,6 +119,8 @@ def run_ros_chains(source: str, params_file: Path, budget_overrides: dict[str, f
                                                 for k, share in sorted(gflops['exit_histogram'].items(),
                                                                        key=lambda item: int(item[0]))))
             print(f"step latency ms  p50 {gflops['latency_ms_p50']:.1f}   p99 {gflops['latency_ms_p99']:.1f}")
+            print(f"model steps {gflops['policy_steps']}, scripted steps back to the ready pose "
+                  f"{gflops['scripted_steps']} (no model cost; figures above are per model step)")
         return 0
     finally:
         for _, process in processes:

@@ -121,15 +121,19 @@ class StepStats:
 
 
 def step_summary(rows: np.ndarray) -> dict[str, object]:
-    """Per executed policy step: average and peak GFLOPs, mean exit, exit histogram, latency percentiles.
+    """Per executed model step: average and peak GFLOPs, mean exit, exit histogram, latency percentiles.
 
     The bridge publishes this with each evaluation, so a listener (the demo, the
     benchmark) reads complete figures without racing DDS discovery of ``exit_stats``.
+    Rows with exit 0 are scripted steps (the return to the ready pose): counted
+    as ``scripted_steps``, left out of every model figure.
     """
+    scripted = int(np.sum(rows[:, 2] == 0)) if rows.size else 0
+    rows = rows[rows[:, 2] > 0] if rows.size else rows
     if rows.size == 0:
-        return {'policy_steps': 0}
+        return {'policy_steps': 0, 'scripted_steps': scripted}
     exits, counts = np.unique(rows[:, 2].astype(int), return_counts=True)
-    return {'policy_steps': int(rows.shape[0]),
+    return {'policy_steps': int(rows.shape[0]), 'scripted_steps': scripted,
             'avg_llm_gflops': float(rows[:, 0].mean()), 'peak_llm_gflops': float(rows[:, 0].max()),
             'avg_total_gflops': float(rows[:, 1].mean()), 'peak_total_gflops': float(rows[:, 1].max()),
             'mean_exit': float(rows[:, 2].mean()),

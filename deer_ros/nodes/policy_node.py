@@ -96,7 +96,8 @@ PARAMETERS = (
               'frame).'),
     ParamSpec('ready_pose.enabled', False, 'After every reset (a new instruction or the ~/reset service), drive the '
               'hand to ready_pose.tcp with the gripper open (a held object stays held) before the policy acts: the '
-              'pose the training demos start from. Scripted, no model step, no ExitStats. Needs tcp_pose.',
+              'pose the training demos start from. Scripted, no model step (ExitStats with exit_index 0). '
+              'Needs tcp_pose.',
               read_only=True),
     ParamSpec('ready_pose.tcp', list(SIM_HOME_TCP), 'Ready pose: TCP x y z (m) and Euler xyz (rad) in frame_id; '
               'the default is the embedded simulator\'s home pose, where the shipped policy\'s demos start.',
@@ -126,8 +127,15 @@ def twist_msg(action: Action, header: Header, rate_hz: float) -> TwistStamped:
     return twist
 
 
-def exit_stats_msg(info: ExitInfo, header: Header) -> ExitStats:
-    """ExitStats with a 1-based exit index, as the message defines."""
+def exit_stats_msg(info: ExitInfo | None, header: Header) -> ExitStats:
+    """ExitStats with a 1-based exit index, as the message defines; ``None`` (a scripted step): exit 0, no cost.
+
+    Scripted steps get a message too, so a consumer that tallies the stats of
+    every executed action (the bridge) hears about each one instead of waiting.
+    """
+    if info is None:
+        return ExitStats(header=header, exit_index=0, exit_layer=0, num_exits=0, llm_gflops=0.0, total_gflops=0.0,
+                         step_latency_ms=0.0)
     return ExitStats(header=header, exit_index=info.exit_index + 1, exit_layer=info.exit_layer,
                      num_exits=info.num_exits, llm_gflops=info.llm_gflops, total_gflops=info.total_gflops,
                      step_latency_ms=info.latency_ms, consistency=[float(v) for v in info.consistency],
@@ -264,7 +272,7 @@ class PolicyNode(Node):
             self.action_pub.publish(arm_action_msg(decision.action, header, hold=decision.kind == 'hold'))
             self.twist_pub.publish(twist_msg(decision.action, Header(stamp=now, frame_id=self.frame_id),
                                              self.rate_hz))
-            if decision.info is not None:
+            if decision.kind in ('action', 'ready_pose'):
                 self.stats_pub.publish(exit_stats_msg(decision.info, header))
 
     def _publish_diagnostics(self) -> None:

@@ -48,7 +48,10 @@ def test_step_stats_wait_for_late_exit_stats_and_summarise():
     assert summary['avg_total_gflops'] == pytest.approx(0.35) and summary['mean_exit'] == 4.0
     assert summary['exit_histogram'] == {'2': 0.5, '6': 0.5}
     assert summary['latency_ms_p50'] == pytest.approx(20.0) and 20.0 < summary['latency_ms_p99'] <= 30.0
-    assert step_summary(np.zeros((0, 4))) == {'policy_steps': 0}
+    assert step_summary(np.zeros((0, 4))) == {'policy_steps': 0, 'scripted_steps': 0}
+    ready_pose_steps = np.array([[0.0, 0.0, 0, 0.0]] * 3)  # exit 0: a scripted step, no model ran
+    assert step_summary(np.concatenate([ready_pose_steps, rows])) == {**summary, 'scripted_steps': 3}
+    assert step_summary(ready_pose_steps) == {'policy_steps': 0, 'scripted_steps': 3}
 
 
 class _Loop:
