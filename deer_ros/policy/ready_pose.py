@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN, POSE_DIM, Action
-from deer_ros.sim.interface import ORN_SCALE, POS_SCALE
+from deer_ros.sim.interface import ORN_SCALE, POS_SCALE, wrap_angle
 
 # The embedded simulator's home TCP pose (position m, Euler xyz rad) = deer_ros.sim.robot.DEFAULT_ROBOT_OBS[:6].
 SIM_HOME_TCP = (0.0259, -0.2313, 0.5713, 3.0905, -0.0291, 1.5001)
@@ -65,7 +65,7 @@ class ReadyPose:
         """The next relative action towards the ready pose, or ``None`` once the hand is there."""
         target = np.asarray(self.tcp, dtype=np.float64)
         position_error = target[:3] - robot_obs[:3]
-        orientation_error = (target[3:] - robot_obs[3:6] + np.pi) % (2 * np.pi) - np.pi
+        orientation_error = wrap_angle(target[3:] - robot_obs[3:6])
         gripper = self.gripper_for(robot_obs)
         if (np.linalg.norm(position_error) < self.position_tolerance_m
                 and np.abs(orientation_error).max() < self.orientation_tolerance_rad

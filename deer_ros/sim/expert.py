@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deer_ros.sim.interface import ORN_SCALE, POS_SCALE
+from deer_ros.sim.interface import ORN_SCALE, POS_SCALE, wrap_angle
 from deer_ros.sim.layout import SceneConfig
 from deer_ros.sim.plans import NEUTRAL_YAW, PLANNERS, SAFE_Z, View, Waypoint, plan, rise
 
@@ -42,10 +42,6 @@ def resume_index(waypoints: list[Waypoint], tcp: np.ndarray) -> int:
         if _distance_to_segment(tcp, waypoints[index - 1].position, waypoints[index].position) <= ON_PATH:
             return index
     return 0
-
-
-def _wrap(angles: np.ndarray) -> np.ndarray:
-    return (angles + np.pi) % (2 * np.pi) - np.pi
 
 
 class ScriptedExpert:
@@ -109,9 +105,9 @@ class ScriptedExpert:
 
     def _step_towards(self, waypoint: Waypoint) -> tuple[np.ndarray, bool]:
         """Move the integrated target straight towards the waypoint within the step limits; True once there."""
-        tilt = _wrap(np.array([np.pi, 0.0]) - self._target[3:5])
+        tilt = wrap_angle(np.array([np.pi, 0.0]) - self._target[3:5])
         # Turn the way that keeps the yaw within pi of neutral, never across the wrist's joint limit.
-        turn = _wrap(waypoint.yaw - NEUTRAL_YAW) - _wrap(self._target[5] - NEUTRAL_YAW)
+        turn = wrap_angle(waypoint.yaw - NEUTRAL_YAW) - wrap_angle(self._target[5] - NEUTRAL_YAW)
         delta = np.concatenate([waypoint.position - self._target[:3], tilt, [turn]])
         limits = np.array([POS_SCALE] * 3 + [ORN_SCALE] * 3) * waypoint.speed
         scale = max(1.0, float(np.max(np.abs(delta) / limits)))

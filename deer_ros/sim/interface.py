@@ -31,6 +31,11 @@ Obs = dict[str, Any]
 Info = dict[str, Any]
 
 
+def wrap_angle(angles: Any) -> Any:
+    """Angles (or Euler differences) mapped to [-pi, pi): the short way round."""
+    return (angles + np.pi) % (2 * np.pi) - np.pi
+
+
 class SimEnv(ABC):
     """Abstract play-table environment with calvin_env's method names, arguments and return shapes."""
 

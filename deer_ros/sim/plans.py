@@ -13,6 +13,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from deer_ros.sim import layout as L
+from deer_ros.sim.interface import wrap_angle
 from deer_ros.sim.layout import SceneConfig
 
 OPEN, CLOSE = 1, -1
@@ -88,10 +89,6 @@ class Block:
         return float(np.arctan2(across[0], -across[1])), period
 
 
-def _wrap(angle: float) -> float:
-    return (angle + np.pi) % (2 * np.pi) - np.pi
-
-
 class View:
     """The observation, read as positions of things."""
 
@@ -138,7 +135,7 @@ class View:
 
 
 def _nearest(angle: float, candidates: list[float]) -> float:
-    return min(candidates, key=lambda c: abs(_wrap(c - angle)))
+    return min(candidates, key=lambda c: abs(wrap_angle(c - angle)))
 
 
 def grasp_yaw(block: Block, reference: float = NEUTRAL_YAW) -> float:
