@@ -128,8 +128,8 @@ def step_summary(rows: np.ndarray) -> dict[str, object]:
     Rows with exit 0 are scripted steps (the return to the ready pose): counted
     as ``scripted_steps``, left out of every model figure.
     """
-    scripted = int(np.sum(rows[:, 2] == 0)) if rows.size else 0
-    rows = rows[rows[:, 2] > 0] if rows.size else rows
+    scripted = int(np.sum(rows[:, 2] == 0))
+    rows = rows[rows[:, 2] > 0]
     if rows.size == 0:
         return {'policy_steps': 0, 'scripted_steps': scripted}
     exits, counts = np.unique(rows[:, 2].astype(int), return_counts=True)
