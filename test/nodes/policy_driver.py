@@ -88,6 +88,18 @@ class PolicyDriver(Node):
         wait_for(lambda: find() is not None, timeout)
         return find()
 
+    def send_until_answered(self, attempts: int = 5, timeout: float = 10.0) -> int | None:
+        """Send valid frames until the policy answers one (its stamp), ``None`` after ``attempts`` unanswered.
+
+        On a loaded machine a control tick can come late enough for a single frame to go stale
+        first (tests that lower ``max_input_age_s``); a real camera would simply send the next one.
+        """
+        for _ in range(attempts):
+            stamp = self.send()
+            if self.stats_for(stamp, timeout) is not None:
+                return stamp
+        return None
+
     def action_for(self, stamp: int, timeout: float = 20.0) -> ArmAction | None:
         def find() -> ArmAction | None:
             with self.lock:

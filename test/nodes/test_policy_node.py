@@ -123,15 +123,14 @@ def test_bad_input_holds_or_goes_silent_with_reason_and_keeps_running(start_node
         driver.instruct('open the drawer')
         assert node.wait_for_log("new instruction 'open the drawer'")
         for send_bad, reason in cases:
-            stamp = driver.send()
-            assert driver.stats_for(stamp) is not None, f'no action before case {reason!r}\n{node.log}'
+            assert driver.send_until_answered() is not None, f'no action before case {reason!r}\n{node.log}'
             actions, diagnostics = driver.count()
             send_bad()
             assert _holds_since(driver, actions), reason
             assert _diagnostics_error(driver, diagnostics, reason), reason
             assert node.wait_for_log(reason), node.log
-        recovered = driver.send()
-        assert driver.stats_for(recovered) is not None and node.running()
+        recovered = driver.send_until_answered()
+        assert recovered is not None and node.running()
         assert not driver.action_for(recovered).hold
 
         client = AsyncParameterClient(driver, 'deer_policy')
