@@ -42,6 +42,7 @@ from deer_ros.policy.chain_policy import ChainPolicyFactory, peak_from_histogram
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.sim.evaluation import EmbeddedSim, EvaluationReport, evaluate
 from deer_ros.sim.sequences import DEFAULT_NUM_CHAINS, disjoint_subsets, generate_chains
+from deer_ros.sim.statistics import confidence_interval, paired_difference
 from deer_ros.sim.tasks import SUPPORTED_TASKS
 
 
@@ -50,19 +51,6 @@ class Setting:
     name: str
     kind: str  # 'deer' | 'static'
     budget: Budget
-
-
-def confidence_interval(successes: list[int]) -> float:
-    """Half-width of the normal-approximation 95 % interval of the mean successful length."""
-    if len(successes) < 2:
-        return float('nan')
-    return 1.96 * float(np.std(successes, ddof=1)) / math.sqrt(len(successes))
-
-
-def paired_difference(successes: list[int], reference: list[int]) -> tuple[float, float]:
-    """Mean per-chain difference ``successes - reference`` (same chains, same order) and its 95 % half-width."""
-    differences = [a - b for a, b in zip(successes, reference, strict=True)]
-    return float(np.mean(differences)), confidence_interval(differences)
 
 
 def settings_for(source: str, budgets: list[float] | None, num_budgets: int) -> tuple[list[Setting], object]:
