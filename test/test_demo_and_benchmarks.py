@@ -1,12 +1,13 @@
 """The trade-off benchmark and both demo modes run end to end in a reduced mode."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from benchmark_scripts import load_benchmark
 
 from deer_ros.policy.runtime import PolicyRuntime
 
@@ -27,17 +28,9 @@ def test_tradeoff_benchmark_reduced(tmp_path: Path) -> None:
     assert 'headlines' in (tmp_path / 'table.md').read_text()
 
 
-def _tradeoff_module():
-    spec = importlib.util.spec_from_file_location('tradeoff', ROOT / 'benchmarks' / 'tradeoff.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tradeoff_headlines_judge_equal_success_strictly_and_paired() -> None:
     """One chain fewer than full depth fails the strict rule; the paired chain-by-chain interval still reaches 0."""
-    tradeoff = _tradeoff_module()
+    tradeoff = load_benchmark('tradeoff')
     full = [1, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 1]  # 8 of 12
     cheap = full[:-1] + [0]                      # the same chains, one success fewer
     bad = [0] * 12

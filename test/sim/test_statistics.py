@@ -1,17 +1,14 @@
 """Paired intervals: the same chains under two policies, and pooling evaluation files by chain position."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 from deer_ros.sim.statistics import confidence_interval, paired_difference
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_paired_interval_is_narrower_than_either_mean_when_chains_dominate() -> None:
@@ -27,14 +24,6 @@ def test_paired_interval_is_narrower_than_either_mean_when_chains_dominate() -> 
         paired_difference([1, 2], [1])
 
 
-def _compare_module():
-    spec = importlib.util.spec_from_file_location('compare_evaluations', ROOT / 'benchmarks' / 'compare_evaluations.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _evaluation(path: Path, offset: int, successes: list[int], gflops: float) -> Path:
     """A file in `deer-ros evaluate --output` format (the keys the comparison reads)."""
     chains = [{'index': i, 'tasks': [f'task{offset + i}'], 'successes': s, 'steps': [100],
@@ -45,7 +34,7 @@ def _evaluation(path: Path, offset: int, successes: list[int], gflops: float) ->
 
 
 def test_compare_pools_slices_and_pairs_chains_by_position(tmp_path: Path) -> None:
-    compare = _compare_module().compare
+    compare = load_benchmark('compare_evaluations').compare
     runs = [_evaluation(tmp_path / 'a0.json', 0, [1, 2], 0.02), _evaluation(tmp_path / 'a224.json', 224, [0, 3], 0.03)]
     # the reference's files come in the other order: chains are matched by position, not file order
     reference = [_evaluation(tmp_path / 'b224.json', 224, [1, 3], 0.1), _evaluation(tmp_path / 'b0.json', 0, [1, 1], 0.1)]

@@ -1,27 +1,16 @@
 """benchmarks/instruction_probe.py: the evaluation phrase replaces the demo wording per task, nothing else changes."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from benchmark_scripts import load_benchmark
 from train_fixtures import demo_frames, small_config
 
 from deer_ros.model import build_model
 from deer_ros.sim.dataset import Annotation, CalvinDatasetWriter
 from deer_ros.sim.language import TASK_LANGUAGE
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _probe_module():
-    spec = importlib.util.spec_from_file_location('instruction_probe', ROOT / 'benchmarks' / 'instruction_probe.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_probe_scores_each_task_with_its_evaluation_phrase(tmp_path: Path) -> None:
@@ -34,7 +23,7 @@ def test_probe_scores_each_task_with_its_evaluation_phrase(tmp_path: Path) -> No
                            [Annotation(0, 9, 'push the blue block leftwards', 'push_blue_block_left')])
     config = small_config()
     config.head.history_window = 4
-    probe = _probe_module()
+    probe = load_benchmark('instruction_probe')
     rows = probe.probe(build_model(config), str(tmp_path), 'validation', stride=2)
 
     assert set(rows) == {'open_drawer', 'push_blue_block_left'}
