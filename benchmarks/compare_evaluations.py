@@ -24,7 +24,7 @@ from deer_ros.sim.statistics import confidence_interval, paired_difference
 ChainKey = tuple[Any, ...]
 
 
-def chain_successes(paths: list[Path]) -> tuple[dict[ChainKey, int], dict[str, float]]:
+def chain_successes(paths: list[Path]) -> tuple[dict[ChainKey, int], float]:
     """Successful lengths keyed by (chain seed, scene, step limit, position in the chain list, tasks), and the
     average LLM GFLOPs per model step over all files (scripted ready-pose steps cost nothing and are left out)."""
     successes: dict[ChainKey, int] = {}
@@ -41,7 +41,7 @@ def chain_successes(paths: list[Path]) -> tuple[dict[ChainKey, int], dict[str, f
             model_steps = sum(chain['steps']) * (1.0 - chain['step_stats'].get('ready_pose', 0.0))
             gflops += chain['step_stats'].get('llm_gflops', 0.0) * model_steps
             steps += model_steps
-    return successes, {'avg_llm_gflops': gflops / steps if steps else float('nan')}
+    return successes, gflops / steps if steps else float('nan')
 
 
 def compare(runs: list[Path], reference: list[Path]) -> dict[str, float]:
@@ -57,7 +57,7 @@ def compare(runs: list[Path], reference: list[Path]) -> dict[str, float]:
     return {'chains': len(keys), 'runs': float(np.mean(a)), 'runs_ci95': confidence_interval(a),
             'reference': float(np.mean(b)), 'reference_ci95': confidence_interval(b),
             'paired_difference': difference, 'paired_ci95': difference_ci,
-            'runs_llm_gflops': our_cost['avg_llm_gflops'], 'reference_llm_gflops': their_cost['avg_llm_gflops']}
+            'runs_llm_gflops': our_cost, 'reference_llm_gflops': their_cost}
 
 
 def main() -> None:

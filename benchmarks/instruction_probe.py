@@ -26,7 +26,7 @@ import torch
 from deer_ros.model import DeerVLA, load_model
 from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.sim.language import TASK_LANGUAGE
-from deer_ros.train.data import TASK_NAMES, WindowCollator, open_split
+from deer_ros.train.data import TASK_NAMES, UNKNOWN_TASK, WindowCollator, open_split
 from deer_ros.train.losses import action_loss
 from deer_ros.train.objective import MultiExitObjective
 
@@ -38,8 +38,7 @@ def probe(model: DeerVLA, data: str, split: str, stride: int, exit_index: int = 
 
     Windows are ``head.history_window`` frames long: the history the policy acts on at run time.
     """
-    model.eval()
-    objective = MultiExitObjective(model).eval()
+    objective = MultiExitObjective(model).eval()  # the model in it too
     collate = WindowCollator(InstructionEncoder(model.config.decoder))
     windows = open_split([data], split, model.config.head.history_window, stride, robot_obs=model.config.use_proprio)
     if windows is None:
@@ -47,7 +46,7 @@ def probe(model: DeerVLA, data: str, split: str, stride: int, exit_index: int = 
     sums: dict[str, dict[str, float]] = defaultdict(lambda: {'windows': 0, 'demo': 0.0, 'evaluation': 0.0})
     for start in range(0, len(windows), batch_size):
         samples = [windows[i] for i in range(start, min(start + batch_size, len(windows)))]
-        tasks = [TASK_NAMES[int(s['task'])] if int(s['task']) >= 0 else None for s in samples]
+        tasks = [TASK_NAMES[int(s['task'])] if int(s['task']) != UNKNOWN_TASK else None for s in samples]
         for key, texts in (('demo', [s['instruction'] for s in samples]),
                            ('evaluation', [TASK_LANGUAGE[t].evaluation if t else s['instruction']
                                            for t, s in zip(tasks, samples)])):
