@@ -15,9 +15,10 @@ import json
 import time
 from pathlib import Path
 
-from deer_ros.sim.evaluation import EmbeddedSim, ExpertPolicy, evaluate
-from deer_ros.sim.sequences import DEFAULT_NUM_CHAINS, disjoint_subsets, generate_chains
-from deer_ros.sim.tasks import SUPPORTED_TASKS
+from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, disjoint_subsets, generate_chains
+from deer_ros.benchmark.evaluation import EmbeddedSim, evaluate
+from deer_ros.benchmark.tasks import SUPPORTED_TASKS
+from deer_ros.expert.scripted_expert import ExpertPolicy
 
 
 def main() -> None:

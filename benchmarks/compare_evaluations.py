@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from deer_ros.sim.statistics import confidence_interval, paired_difference
+from deer_ros.benchmark.statistics import confidence_interval, paired_difference
 
 ChainKey = tuple[Any, ...]
 

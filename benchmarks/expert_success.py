@@ -9,10 +9,10 @@ import time
 
 import numpy as np
 
+from deer_ros.benchmark.tasks import SUPPORTED_TASKS
+from deer_ros.expert.scenarios import run_episode
+from deer_ros.expert.scripted_expert import ScriptedExpert
 from deer_ros.sim.env import PlayTableEnv
-from deer_ros.sim.expert import ScriptedExpert
-from deer_ros.sim.scenarios import run_episode
-from deer_ros.sim.tasks import SUPPORTED_TASKS
 
 
 def main() -> None:

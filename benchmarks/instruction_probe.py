@@ -1,6 +1,6 @@
 """Does the policy understand the evaluation wording? Open-loop action loss per task, demo wording vs evaluation phrase.
 
-CALVIN's protocol (and ours, ``deer_ros.sim.language``) hands the policy one fixed
+CALVIN's protocol (and ours, ``deer_ros.benchmark.language``) hands the policy one fixed
 instruction per task that no demo used. A closed-loop failure can therefore be
 language, not control. This probe replays demo windows twice through the shared
 head at one exit: once with the paraphrase the demo was recorded with, once with
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from deer_ros.benchmark.language import TASK_LANGUAGE
 from deer_ros.model import DeerVLA, load_model
 from deer_ros.model.tokenization import InstructionEncoder
-from deer_ros.sim.language import TASK_LANGUAGE
 from deer_ros.train.data import TASK_NAMES, UNKNOWN_TASK, WindowCollator, open_split
 from deer_ros.train.losses import action_loss
 from deer_ros.train.objective import MultiExitObjective

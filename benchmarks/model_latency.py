@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
+from deer_ros.budget.exit_criterion import ExitCriterion
 from deer_ros.model import load_model
 from deer_ros.model.flops import cost_table_for
 from deer_ros.policy.early_exit import EarlyExitPolicy
-from deer_ros.policy.exit_criterion import ExitCriterion
 from deer_ros.policy.types import Observation
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
+
 LATCHED_DEPTH = 1
 
 
@@ -36,7 +38,6 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
 
 
 def _frames(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
     rng = np.random.default_rng(0)
     return [(rng.integers(0, 256, STATIC_CAMERA_SHAPE, dtype=np.uint8),
              rng.integers(0, 256, GRIPPER_CAMERA_SHAPE, dtype=np.uint8)) for _ in range(count)]

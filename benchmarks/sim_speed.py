@@ -13,8 +13,8 @@ import os
 import time
 from typing import Callable
 
+from deer_ros.expert.scripted_expert import ScriptedExpert
 from deer_ros.sim.env import PlayTableEnv
-from deer_ros.sim.expert import ScriptedExpert
 
 TASKS = ('open_drawer', 'lift_red_block_table', 'place_in_drawer', 'turn_on_led', 'move_slider_left')
 CONDITIONS_SEED = 0

@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, disjoint_subsets, generate_chains
+from deer_ros.benchmark.evaluation import EmbeddedSim, EvaluationReport, evaluate
+from deer_ros.benchmark.statistics import confidence_interval, paired_difference
+from deer_ros.benchmark.tasks import SUPPORTED_TASKS
 from deer_ros.budget.caps import Budget
 from deer_ros.policy.chain_policy import ChainPolicyFactory, peak_from_histogram
 from deer_ros.policy.runtime import PolicyRuntime
-from deer_ros.sim.evaluation import EmbeddedSim, EvaluationReport, evaluate
-from deer_ros.sim.sequences import DEFAULT_NUM_CHAINS, disjoint_subsets, generate_chains
-from deer_ros.sim.statistics import confidence_interval, paired_difference
-from deer_ros.sim.tasks import SUPPORTED_TASKS
 
 
 @dataclass

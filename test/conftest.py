@@ -1,4 +1,4 @@
-"""Suite-wide ROS 2 isolation and fixtures (helpers live in ros_helpers.py).
+"""Suite-wide ROS 2 isolation, fixtures and test checkpoints (helpers live in ros_helpers.py).
 
 Applies however the suite is started (./test.sh, plain pytest, colcon test):
 discovery stays on localhost, logs go to a temporary ROS_HOME, and every test
@@ -6,13 +6,18 @@ gets a ROS_DOMAIN_ID of its own from a block no concurrent run on this host hold
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
+import torch
 from ros_helpers import DomainIds, NodeProcess
+
+from deer_ros.budget.calibration import calibration_path, checkpoint_sha256
+from deer_ros.model import DeerVLA, load_config
+from deer_ros.policy.runtime import synthetic_calibration
 
 # Set at import, before any test can call rclpy.init(): rcl reads these at init.
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -90,3 +95,35 @@ def start_node(ros_env: dict[str, str], tmp_path: Path) -> Iterator[object]:
         if node.running():
             node.stop()
         print(f'--- {node!r}\n{node.log}')
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` (seed 0) as a checkpoint directory with ``calibration.npz`` beside the weights."""
+    directory = tmp_path_factory.mktemp('tiny_checkpoint')
+    torch.manual_seed(0)
+    model = DeerVLA(load_config('tiny')).eval()
+    model.save_pretrained(directory)
+    calibration = synthetic_calibration(model, windows=8)  # 32 samples: enough for the budgets tested
+    calibration.metadata['checkpoint_sha256'] = checkpoint_sha256(directory)
+    calibration.save(calibration_path(directory))
+    return directory
+
+
+@pytest.fixture(scope='session')
+def proprio_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` with ``use_proprio`` (seed 0, synthetic calibration): a policy that also needs the robot state.
+
+    Its cross-attention gates are opened (random init closes them), so the
+    visual and robot-state tokens do change the actions.
+    """
+    directory = tmp_path_factory.mktemp('proprio_checkpoint')
+    torch.manual_seed(0)
+    model = DeerVLA(dataclasses.replace(load_config('tiny'), use_proprio=True)).eval()
+    for block in model.cross_attention:
+        block.attention_gate.data.fill_(1.0)
+    model.save_pretrained(directory)
+    calibration = synthetic_calibration(model, windows=8)
+    calibration.metadata['checkpoint_sha256'] = checkpoint_sha256(directory)
+    calibration.save(calibration_path(directory))
+    return directory

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from deer_ros.policy.exit_criterion import check_metric
+from deer_ros.budget.exit_criterion import check_metric
 
 FORMAT_VERSION = 1
 CALIBRATION_SUFFIX = '.calibration.npz'

@@ -14,9 +14,9 @@ from typing import Literal, Sequence
 import numpy as np
 
 from deer_ros.budget.calibration import CalibrationData
-from deer_ros.budget.solver import BudgetError, SolverResult, check_budget, solve_average_budget, DEFAULT_TOLERANCE
+from deer_ros.budget.exit_criterion import ExitCriterion
+from deer_ros.budget.solver import DEFAULT_TOLERANCE, BudgetError, SolverResult, check_budget, solve_average_budget
 from deer_ros.model.cost import CostTable
-from deer_ros.policy.exit_criterion import ExitCriterion
 
 CostKind = Literal['llm', 'total']
 BYTES_PER_MB = 2 ** 20

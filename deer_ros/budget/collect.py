@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from deer_ros.benchmark.dataset import ConcatenatedWindows, LanguageWindows
 from deer_ros.budget.calibration import CalibrationData
+from deer_ros.budget.exit_criterion import exit_consistency
 from deer_ros.model.modeling_deer import DeerVLA, LSTMState
 from deer_ros.model.tokenization import InstructionEncoder
-from deer_ros.policy.exit_criterion import exit_consistency
-from deer_ros.sim.dataset import ConcatenatedWindows, LanguageWindows
 
 
 def default_positions(window: int) -> tuple[int, ...]:

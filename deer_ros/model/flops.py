@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
+from deer_ros.calvin_layout import ROBOT_OBS_DIM
+
 from .configuration_deer import DeerConfig
 from .cost import CostTable
 from .modeling_deer import DeerVLA
@@ -56,7 +58,7 @@ def count_cost_table(model: DeerVLA) -> CostTable:
     device = next(model.parameters()).device
     static = torch.zeros(1, 200, 200, 3, dtype=torch.uint8, device=device)
     gripper = torch.zeros(1, 84, 84, 3, dtype=torch.uint8, device=device)
-    proprio = torch.zeros(1, 15, device=device) if model.config.use_proprio else None
+    proprio = torch.zeros(1, ROBOT_OBS_DIM, device=device) if model.config.use_proprio else None
     length = model.config.decoder.text_length
     if model.text_proj is None:
         text_input = torch.zeros(1, length, dtype=torch.long, device=device)

@@ -38,12 +38,13 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from deer_ros.calvin_layout import POSE_DIM, ROBOT_OBS_DIM
+
 from .configuration_deer import DeerConfig, HeadConfig, ResamplerConfig, VisionConfig
 from .tokenization import MINILM_HIDDEN_SIZE
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
-POSE_DIM = 6
 
 
 class CheckpointError(RuntimeError):
@@ -275,7 +276,7 @@ class DeerVLA(nn.Module):
         self.resamplers = nn.ModuleDict(
             {cam: PerceiverResampler(config.resampler, encoder_dim) for cam in self.CAMERAS})
         visual_dim = config.resampler.hidden_size
-        self.proprio_proj = nn.Linear(15, visual_dim) if config.use_proprio else None
+        self.proprio_proj = nn.Linear(ROBOT_OBS_DIM, visual_dim) if config.use_proprio else None
         # The robot-state token also reaches every exit feature through a residual skip, zero at init: the
         # cross-attention gates start closed, and without the skip the head would not see the arm state
         # until they open, which takes far more updates than a CPU training budget gives.

@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN
+from deer_ros.calvin_layout import GRIPPER_CLOSE, GRIPPER_OPEN
 from deer_ros.sim.interface import Obs
 
 StepMode = Literal['lockstep', 'fixed_rate']

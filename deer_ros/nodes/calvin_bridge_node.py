@@ -2,13 +2,12 @@
 
 One thread owns the simulator (pybullet is not thread-safe) and runs either
 free play (apply each incoming action, publish the new observation) or an
-evaluation (``deer_ros.sim.evaluation.run_chain`` with the ROS round trip as
+evaluation (``deer_ros.benchmark.evaluation.run_chain`` with the ROS round trip as
 its policy). ROS callbacks only hand actions and exit stats to that thread.
 Lock-step vs fixed rate: see :mod:`deer_ros.nodes.bridge`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import threading
@@ -19,31 +18,40 @@ from typing import Any
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.task import Future
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rcl_interfaces.msg import SetParametersResult
+from rclpy.task import Future
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
+from deer_ros.benchmark.backends import build_sim_factory
+from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
+from deer_ros.benchmark.evaluation import EvaluationReport, Simulator, run_chain
+from deer_ros.calvin_layout import EP_LEN
 from deer_ros.msg import ArmAction, ExitStats
-from deer_ros.nodes.bridge import (STEP_MODES, ActionMailbox, Interrupted, PolicyTimeout, RosPolicy, StepStats,
-                                   received_action, step_summary)
+from deer_ros.nodes.bridge import (
+    STEP_MODES,
+    ActionMailbox,
+    Interrupted,
+    PolicyTimeout,
+    RosPolicy,
+    StepStats,
+    received_action,
+    step_summary,
+)
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
 from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import joint_state_msg, tcp_pose_msg
 from deer_ros.nodes.ros_time import stamp_ns
-from deer_ros.sim.evaluate_cli import build_sim_factory
-from deer_ros.sim.evaluation import EP_LEN, EvaluationReport, Simulator, run_chain
 from deer_ros.sim.interface import Obs
 from deer_ros.sim.layout import SCENES
-from deer_ros.sim.sequences import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
 
 NODE_NAME = 'calvin_bridge'
 STATS_DISCOVERY_GRACE_S = 5.0  # after the policy's actions are matched, how long to wait for its ExitStats
@@ -85,10 +93,9 @@ class CalvinBridgeNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.values = declare(self, PARAMETERS)
-        self.sim_factory, self.tasks = build_sim_factory(argparse.Namespace(
-            backend=self.values['backend'], scene=self.values['scene'], use_egl=self.values['use_egl'],
-            calvin_dataset=Path(self.values['calvin_dataset']) if self.values['calvin_dataset'] else None,
-            no_cameras=False))
+        self.sim_factory, self.tasks = build_sim_factory(
+            self.values['backend'], self.values['scene'], use_egl=self.values['use_egl'],
+            calvin_dataset=Path(self.values['calvin_dataset']) if self.values['calvin_dataset'] else None)
         self.mailbox = ActionMailbox()
         self.step_stats = StepStats()
         self._stop = threading.Event()

@@ -14,11 +14,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from deer_ros.calvin_layout import GRIPPER_CLOSE, GRIPPER_OPEN
 from deer_ros.nodes.robot_state import robot_obs_from_ros
 from deer_ros.policy.early_exit import NonFiniteActionError
 from deer_ros.policy.ready_pose import ReadyPose, ReadyPoseReturn
 from deer_ros.policy.runtime import PolicyRuntime
-from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN, Action, ExitInfo, Observation
+from deer_ros.policy.types import Action, ExitInfo, Observation
 
 STATIC_CAMERA = 'static camera'
 GRIPPER_CAMERA = 'gripper camera'

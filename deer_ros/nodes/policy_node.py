@@ -36,22 +36,31 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from deer_ros.budget.caps import Budget
+from deer_ros.budget.exit_criterion import METRICS
 from deer_ros.budget.solver import BudgetError
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_TCP_POSE, ORN_SCALE, POS_SCALE, STATIC_CAMERA_SHAPE
 from deer_ros.msg import ArmAction, ExitStats
-from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, STALE_POLICIES, STATIC_CAMERA,
-                                    TCP_POSE, PolicyController, check_image, check_joint_positions)
+from deer_ros.nodes.control import (
+    GRIPPER_CAMERA,
+    INSTRUCTION,
+    JOINT_STATES,
+    STALE_POLICIES,
+    STATIC_CAMERA,
+    TCP_POSE,
+    PolicyController,
+    check_image,
+    check_joint_positions,
+)
 from deer_ros.nodes.diagnostics import PolicyDiagnostics
 from deer_ros.nodes.image_conversion import image_msg_to_rgb
 from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
 from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import check_tcp_pose, tcp_pose_array
 from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
-from deer_ros.policy.exit_criterion import METRICS
-from deer_ros.policy.ready_pose import SIM_HOME_TCP, ReadyPose
+from deer_ros.policy.ready_pose import ReadyPose
 from deer_ros.policy.runtime import PolicyRuntime
-from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE, Action, ExitInfo
+from deer_ros.policy.types import Action, ExitInfo
 from deer_ros.resources import resolve_checkpoint
-from deer_ros.sim.interface import ORN_SCALE, POS_SCALE
 
 NODE_NAME = 'deer_policy'
 BUDGET_PARAMETERS = ('budget.avg_gflops', 'budget.peak_gflops', 'budget.max_memory_mb')
@@ -99,7 +108,7 @@ PARAMETERS = (
               'pose the training demos start from. Scripted, no model step (ExitStats with exit_index 0). '
               'Needs tcp_pose.',
               read_only=True),
-    ParamSpec('ready_pose.tcp', list(SIM_HOME_TCP), 'Ready pose: TCP x y z (m) and Euler xyz (rad) in frame_id; '
+    ParamSpec('ready_pose.tcp', list(HOME_TCP_POSE), 'Ready pose: TCP x y z (m) and Euler xyz (rad) in frame_id; '
               'the default is the embedded simulator\'s home pose, where the shipped policy\'s demos start.',
               read_only=True),
 )

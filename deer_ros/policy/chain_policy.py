@@ -1,6 +1,6 @@
 """The DeeR policy behind the chain evaluator's policy protocol, with per-step cost statistics.
 
-``deer_ros.sim.evaluation`` drives any object with ``reset()``,
+``deer_ros.benchmark.evaluation`` drives any object with ``reset()``,
 ``step(obs, instruction) -> (7,) action`` and optionally ``step_stats()``;
 this adapter turns a simulator observation into an :class:`Observation`,
 steps a :class:`PolicyRuntime` and reports the exit taken and its counted

@@ -19,12 +19,12 @@ from collections import deque
 import numpy as np
 import torch
 
+from deer_ros.budget.exit_criterion import ExitCriterion
+from deer_ros.calvin_layout import GRIPPER_CLOSE, GRIPPER_OPEN
 from deer_ros.model.cost import CostTable
 from deer_ros.model.modeling_deer import DeerVLA, LSTMState
 from deer_ros.model.tokenization import InstructionEncoder
-
-from .exit_criterion import ExitCriterion
-from .types import GRIPPER_CLOSE, GRIPPER_OPEN, Action, ExitInfo, Observation
+from deer_ros.policy.types import Action, ExitInfo, Observation
 
 
 class NonFiniteActionError(RuntimeError):

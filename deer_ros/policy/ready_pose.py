@@ -20,11 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN, POSE_DIM, Action
-from deer_ros.sim.interface import ORN_SCALE, POS_SCALE, wrap_angle
+from deer_ros.calvin_layout import (
+    GRIPPER_CLOSE,
+    GRIPPER_OPEN,
+    HOME_TCP_POSE,
+    ORN_SCALE,
+    POS_SCALE,
+    POSE_DIM,
+    wrap_angle,
+)
+from deer_ros.policy.types import Action
 
-# The embedded simulator's home TCP pose (position m, Euler xyz rad) = deer_ros.sim.robot.DEFAULT_ROBOT_OBS[:6].
-SIM_HOME_TCP = (0.0259, -0.2313, 0.5713, 3.0905, -0.0291, 1.5001)
 _WIDTH, _GRIPPER_COMMAND = 6, 14  # robot_obs indices: opening width, last gripper command
 
 
@@ -42,7 +48,7 @@ class ReadyPose:
             rises straight up, so it does not sweep across the table.
     """
 
-    tcp: tuple[float, ...] = SIM_HOME_TCP
+    tcp: tuple[float, ...] = HOME_TCP_POSE
     position_tolerance_m: float = 0.01
     orientation_tolerance_rad: float = 0.05
     max_steps: int = 40

@@ -28,22 +28,23 @@ from typing import Callable
 import numpy as np
 import torch
 
+from deer_ros.benchmark.dataset import Window
+from deer_ros.benchmark.language import TASK_LANGUAGE
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
 from deer_ros.budget.caps import Budget, BudgetSolution, CostKind, exit_costs, solve_budget
 from deer_ros.budget.collect import collect_calibration
+from deer_ros.budget.exit_criterion import ExitCriterion, check_metric
 from deer_ros.budget.refined import find_refined, load_refined, refined_path
 from deer_ros.budget.solver import BudgetError, feasible_range
 from deer_ros.budget.tracking import AverageBudgetTracker
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, ROBOT_OBS_DIM, STATIC_CAMERA_SHAPE
 from deer_ros.model import DeerConfig, DeerVLA, load_config, load_model
 from deer_ros.model.cost import CostTable
 from deer_ros.model.flops import cost_table_for
 from deer_ros.model.modeling_deer import CONFIG_NAME
 from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.policy.early_exit import EarlyExitPolicy
-from deer_ros.policy.exit_criterion import ExitCriterion, check_metric
-from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, PROPRIO_DIM, STATIC_CAMERA_SHAPE, Action, ExitInfo, Observation
-from deer_ros.sim.dataset import Window
-from deer_ros.sim.language import TASK_LANGUAGE
+from deer_ros.policy.types import Action, ExitInfo, Observation
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class _SyntheticWindows:
         rng = np.random.default_rng((self._seed, item))
         frames = {'rgb_static': rng.integers(0, 256, (self.window, *STATIC_CAMERA_SHAPE), dtype=np.uint8),
                   'rgb_gripper': rng.integers(0, 256, (self.window, *GRIPPER_CAMERA_SHAPE), dtype=np.uint8),
-                  'robot_obs': rng.uniform(-1.0, 1.0, (self.window, PROPRIO_DIM))}
+                  'robot_obs': rng.uniform(-1.0, 1.0, (self.window, ROBOT_OBS_DIM))}
         instruction = self._instructions[item % len(self._instructions)]
         return Window(frames, instruction, 'synthetic', 0, None)
 

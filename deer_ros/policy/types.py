@@ -5,12 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STATIC_CAMERA_SHAPE = (200, 200, 3)
-GRIPPER_CAMERA_SHAPE = (84, 84, 3)
-PROPRIO_DIM = 15  # CALVIN robot_obs layout
-POSE_DIM = 6
-GRIPPER_OPEN = 1
-GRIPPER_CLOSE = -1
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, GRIPPER_OPEN, POSE_DIM, ROBOT_OBS_DIM, STATIC_CAMERA_SHAPE
 
 
 @dataclass
@@ -33,8 +28,8 @@ class Observation:
                 raise ValueError(f'{name} must have dtype uint8, got {image.dtype}')
         if self.proprio is not None:
             proprio = np.asarray(self.proprio)
-            if proprio.shape != (PROPRIO_DIM,):
-                raise ValueError(f'proprio must have shape ({PROPRIO_DIM},), got {proprio.shape}')
+            if proprio.shape != (ROBOT_OBS_DIM,):
+                raise ValueError(f'proprio must have shape ({ROBOT_OBS_DIM},), got {proprio.shape}')
             if not np.all(np.isfinite(proprio)):
                 raise ValueError('proprio contains NaN or infinite values')
 

@@ -1,5 +1,6 @@
-"""Embedded CALVIN-style simulation: ``env.PlayTableEnv``, ``tasks.TaskOracle``, ``expert.ScriptedExpert``.
+"""Embedded CALVIN-style physics: ``env.PlayTableEnv`` (pybullet play table, robot, cameras) behind ``interface.SimEnv``.
 
-Nothing is imported here, so the pybullet-free modules (dataset, sequences, language) stay light.
-See docs/simulation_env.md and docs/simulation_eval.md.
+Physics only: what a task is, how chains are drawn and how a policy is
+scored live in :mod:`deer_ros.benchmark`; the scripted expert in
+:mod:`deer_ros.expert`. See docs/simulation_env.md.
 """

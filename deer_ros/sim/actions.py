@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from deer_ros.sim.interface import ACTION_DIM, ORN_SCALE, POS_SCALE
+from deer_ros.calvin_layout import ACTION_DIM, ORN_SCALE, POS_SCALE
 
 
 @dataclass(frozen=True)

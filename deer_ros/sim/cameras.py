@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from deer_ros.sim.interface import GRIPPER_CAMERA_SIZE, STATIC_CAMERA_SIZE
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SIZE, STATIC_CAMERA_SIZE
 
 STATIC_EYE = (2.8715, -2.1666, 2.5552)
 STATIC_TARGET = (-0.05, -0.03, 0.39)

@@ -9,12 +9,13 @@ import numpy as np
 import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
+from deer_ros.calvin_layout import CONTROL_HZ, HOME_ROBOT_OBS, ROBOT_OBS_DIM, SCENE_OBS_DIM
 from deer_ros.sim.actions import parse_action
 from deer_ros.sim.cameras import GripperCamera, StaticCamera
 from deer_ros.sim.initial_state import initial_state, random_conditions
-from deer_ros.sim.interface import CONTROL_HZ, PHYSICS_HZ, ROBOT_OBS_DIM, SCENE_OBS_DIM, Info, Obs, SimEnv
+from deer_ros.sim.interface import PHYSICS_HZ, Info, Obs, SimEnv
 from deer_ros.sim.layout import get_scene
-from deer_ros.sim.robot import DEFAULT_ROBOT_OBS, Robot, write_panda_urdf
+from deer_ros.sim.robot import Robot, write_panda_urdf
 from deer_ros.sim.scene import Scene
 
 SUBSTEPS = PHYSICS_HZ // CONTROL_HZ
@@ -67,7 +68,7 @@ class PlayTableEnv(SimEnv):
         if scene_state is None:
             scene_state = initial_state(random_conditions(self.rng), self.rng, self.config.name)[1]
         self._build()
-        self.robot.reset(DEFAULT_ROBOT_OBS if robot_state is None else robot_state)
+        self.robot.reset(HOME_ROBOT_OBS if robot_state is None else robot_state)
         self.scene.reset(scene_state)
         self._p.performCollisionDetection()  # contacts for get_info() before the first step
         return self.get_obs()

@@ -11,9 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
+from deer_ros.calvin_layout import HOME_ROBOT_OBS, SCENE_OBS_DIM
 from deer_ros.sim import layout as L
-from deer_ros.sim.interface import SCENE_OBS_DIM
-from deer_ros.sim.robot import DEFAULT_ROBOT_OBS
 
 BLOCK_PLACES = ('table', 'slider_left', 'slider_right')
 YAW_RANGE = (np.pi / 2 - np.pi / 8, np.pi / 2 + np.pi / 8)
@@ -54,7 +53,7 @@ def initial_state(conditions: Mapping[str, int | str], rng: np.random.Generator,
         else:
             (x, y), surface = L.SLIDER_SLOTS[place], L.PLANK_TOP
         scene_obs[6 + 6 * i: 12 + 6 * i] = (x, y, L.resting_z(surface), 0.0, 0.0, rng.uniform(*YAW_RANGE))
-    return DEFAULT_ROBOT_OBS.copy(), scene_obs
+    return HOME_ROBOT_OBS.copy(), scene_obs
 
 
 def random_conditions(rng: np.random.Generator) -> dict[str, int | str]:

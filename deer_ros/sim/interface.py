@@ -7,7 +7,7 @@ Observation layout (all arrays in CALVIN order, float64 states):
 * ``robot_obs`` (15,): tcp xyz, tcp Euler xyz, gripper width, 7 arm joints, last gripper action;
 * ``scene_obs`` (24,): slide, drawer, button, switch, lightbulb, led, then xyz + Euler xyz per block.
 
-Actions are 7-D relative (6 pose deltas in [-1, 1], scaled by :data:`POS_SCALE` / :data:`ORN_SCALE`,
+Actions are 7-D relative (6 pose deltas in [-1, 1], scaled by :data:`~deer_ros.calvin_layout.POS_SCALE` / ``ORN_SCALE``,
 plus a gripper sign) or absolute ``((x, y, z), (ex, ey, ez), (g,))`` tuples, as calvin_env accepts.
 """
 from __future__ import annotations
@@ -17,23 +17,10 @@ from typing import Any
 
 import numpy as np
 
-STATIC_CAMERA_SIZE = 200
-GRIPPER_CAMERA_SIZE = 84
-ROBOT_OBS_DIM = 15
-SCENE_OBS_DIM = 24
-ACTION_DIM = 7
-POS_SCALE = 0.02  # metres per unit of relative action
-ORN_SCALE = 0.05  # radians per unit of relative action
 PHYSICS_HZ = 240
-CONTROL_HZ = 30
 
 Obs = dict[str, Any]
 Info = dict[str, Any]
-
-
-def wrap_angle(angles: Any) -> Any:
-    """Angles (or Euler differences) mapped to [-pi, pi): the short way round."""
-    return (angles + np.pi) % (2 * np.pi) - np.pi
 
 
 class SimEnv(ABC):

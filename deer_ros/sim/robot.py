@@ -15,13 +15,11 @@ from typing import Any
 import numpy as np
 import pybullet_data
 
+from deer_ros.calvin_layout import HOME_ARM_JOINTS
 from deer_ros.sim.actions import PoseCommand
 
 ARM_JOINTS = 7
 FINGER_OPEN = 0.04  # metres per finger
-INITIAL_JOINTS = (-1.21779206, 1.03987646, 2.11978261, -2.34205014, -0.87015947, 1.64119353, 0.55344866)
-# calvin_env's evaluation reset state; the tcp pose entries are what these joints give here too.
-DEFAULT_ROBOT_OBS = np.array([0.0259, -0.2313, 0.5713, 3.0905, -0.0291, 1.5001, 2 * FINGER_OPEN, *INITIAL_JOINTS, 1.0])
 BASE_POSITION = (-0.34, -0.46, 0.24)
 TCP_OFFSET = 0.14  # along the hand z axis
 # Keeps an accumulating target from running away while the arm is blocked or out of reach.
@@ -86,7 +84,7 @@ class Robot:
                       if client.getJointInfo(self.uid, j)[2] != client.JOINT_FIXED]
         limits = np.array([client.getJointInfo(self.uid, j)[8:10] for j in self._dofs])
         self._lower, self._upper = limits[:, 0], limits[:, 1]
-        self._rest = list(INITIAL_JOINTS) + [FINGER_OPEN] * (len(self._dofs) - ARM_JOINTS)
+        self._rest = list(HOME_ARM_JOINTS) + [FINGER_OPEN] * (len(self._dofs) - ARM_JOINTS)
         for link in range(-1, client.getNumJoints(self.uid)):
             hand = link >= links['panda_hand'] and link != self.tcp_link
             client.changeVisualShape(self.uid, link, rgbaColor=HAND_RGBA if hand else ARM_RGBA)

@@ -1,6 +1,6 @@
 """Training batches from CALVIN-format splits: windows of consecutive frames under one instruction.
 
-Reading goes through :class:`deer_ros.sim.dataset.LanguageWindows`, so real
+Reading goes through :class:`deer_ros.benchmark.dataset.LanguageWindows`, so real
 CALVIN (extra depth/tactile keys, float64 states) and our simulator's demos
 load the same way; only the keys the model needs are decoded. Targets follow
 CALVIN's ``rel_actions``: 6 pose deltas in [-1, 1] and a gripper sign, turned
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from deer_ros.benchmark.dataset import ConcatenatedWindows, LanguageWindows
+from deer_ros.benchmark.language import TASK_LANGUAGE
 from deer_ros.model.tokenization import InstructionEncoder
-from deer_ros.sim.dataset import ConcatenatedWindows, LanguageWindows
-from deer_ros.sim.language import TASK_LANGUAGE
 
 Batch = dict[str, torch.Tensor]
 TASK_NAMES: tuple[str, ...] = tuple(TASK_LANGUAGE)  # CALVIN's 34 tasks: the task probe's classes

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deer_ros.calvin_layout import ROBOT_OBS_DIM
 from deer_ros.model.configuration_deer import HeadConfig
 from deer_ros.model.modeling_deer import ActionHead
-from deer_ros.policy.types import PROPRIO_DIM
 
 from .data import UNKNOWN_TASK
 
@@ -60,7 +60,7 @@ class StateProbe(nn.Module):
     camera tokens gives the vision stack a direct signal from the first step.
     """
 
-    def __init__(self, camera_tokens: int, token_dim: int, state_dim: int = PROPRIO_DIM) -> None:
+    def __init__(self, camera_tokens: int, token_dim: int, state_dim: int = ROBOT_OBS_DIM) -> None:
         super().__init__()
         self.camera_tokens = camera_tokens
         self.linear = nn.Linear(camera_tokens * token_dim, state_dim)

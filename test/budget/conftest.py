@@ -11,8 +11,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from deer_ros.budget.exit_criterion import exit_consistency
 from deer_ros.model.cost import CostTable
-from deer_ros.policy.exit_criterion import exit_consistency
 
 DISTRIBUTIONS = ('converging', 'halfnormal', 'lognormal', 'uniform', 'rounded')
 

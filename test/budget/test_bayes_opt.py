@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from deer_ros.budget.bayes_opt import BayesOptStateError, objective, refine_thresholds, search_space
+from deer_ros.budget.exit_criterion import METRICS, exit_consistency, first_exits
 from deer_ros.budget.solver import solve_average_budget
-from deer_ros.policy.exit_criterion import METRICS, exit_consistency, first_exits
 
 NUM_EXITS = 5
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from deer_ros.benchmark.dataset import FRAME_SHAPES, Annotation, CalvinDatasetWriter, LanguageWindows
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
 from deer_ros.budget.collect import collect_calibration, default_positions, history_exits, window_consistency
+from deer_ros.budget.exit_criterion import exit_consistency
 from deer_ros.budget.solver import solve_average_budget
 from deer_ros.model import DeerVLA, load_config
 from deer_ros.model.tokenization import InstructionEncoder
-from deer_ros.policy.exit_criterion import exit_consistency
-from deer_ros.sim.dataset import FRAME_SHAPES, Annotation, CalvinDatasetWriter, LanguageWindows
 
 WINDOW = 6
 

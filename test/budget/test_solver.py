@@ -6,9 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from deer_ros.budget.solver import (BudgetError, exit_distribution, feasible_range, greedy_thresholds,
-                                    solve_average_budget)
-from deer_ros.policy.exit_criterion import ExitCriterion, first_exits
+from deer_ros.budget.exit_criterion import ExitCriterion, first_exits
+from deer_ros.budget.solver import (
+    BudgetError,
+    exit_distribution,
+    feasible_range,
+    greedy_thresholds,
+    solve_average_budget,
+)
 
 
 def realised_cost(values: np.ndarray, thresholds: np.ndarray, costs: np.ndarray) -> float:

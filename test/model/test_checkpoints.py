@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from deer_ros.budget.exit_criterion import ExitCriterion
 from deer_ros.model import CheckpointError, ConfigError, DeerConfig, DeerVLA, load_config, load_model
 from deer_ros.model.builder import with_exit_interval, with_proprioception
 from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.policy.early_exit import EarlyExitPolicy
-from deer_ros.policy.exit_criterion import ExitCriterion
-from deer_ros.policy.types import Observation
 
 
 def test_save_load_round_trip_gives_identical_actions(tiny_model, tiny_costs, random_observations, tmp_path) -> None:

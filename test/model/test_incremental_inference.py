@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaModel
 
+from deer_ros.budget.exit_criterion import ExitCriterion
 from deer_ros.model.modeling_deer import DeerVLA, llama_config, masked_max_pool
 from deer_ros.policy.early_exit import EarlyExitPolicy
-from deer_ros.policy.exit_criterion import ExitCriterion
 
 INSTRUCTION = 'push the red block to the left'
 

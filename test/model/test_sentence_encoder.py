@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deer_ros.benchmark.language import TASK_LANGUAGE
 from deer_ros.model import DeerVLA, load_config
 from deer_ros.model.builder import with_sentence_encoder
-from deer_ros.model.configuration_deer import ConfigError, DeerConfig, DecoderConfig
+from deer_ros.model.configuration_deer import ConfigError, DecoderConfig, DeerConfig
 from deer_ros.model.flops import count_cost_table, instruction_gflops
 from deer_ros.model.tokenization import MINILM_HIDDEN_SIZE, InstructionEncoder
-from deer_ros.sim.language import TASK_LANGUAGE
 
 
 @pytest.fixture(scope='module')

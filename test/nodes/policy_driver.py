@@ -9,14 +9,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from ros_helpers import wait_for
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
 from deer_ros.msg import ArmAction, ExitStats
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
 from deer_ros.nodes.ros_time import stamp_ns
-from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
-from ros_helpers import wait_for
 
 # Small and slow enough for 2 shared cores: one torch thread, 20 Hz ticks.
 FAST_POLICY = {'control_rate_hz': 20.0, 'num_threads': 1, 'max_input_age_s': 5.0}  # loaded CI: 2 s went stale

@@ -7,9 +7,18 @@ import threading
 import numpy as np
 import pytest
 
-from deer_ros.nodes.bridge import (ActionMailbox, GripperLatch, Interrupted, PolicyTimeout, ReceivedAction, RosPolicy,
-                                   StepStats, received_action, step_summary)
-from deer_ros.policy.types import GRIPPER_CLOSE, GRIPPER_OPEN
+from deer_ros.calvin_layout import GRIPPER_CLOSE, GRIPPER_OPEN
+from deer_ros.nodes.bridge import (
+    ActionMailbox,
+    GripperLatch,
+    Interrupted,
+    PolicyTimeout,
+    ReceivedAction,
+    RosPolicy,
+    StepStats,
+    received_action,
+    step_summary,
+)
 
 
 def test_received_actions_are_clamped_and_nan_becomes_a_hold():

@@ -6,15 +6,15 @@ import threading
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
+from policy_driver import FAST_POLICY, LATCHED
 from rclpy.node import Node
+from ros_helpers import BackgroundSpinner, wait_for
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 
+from deer_ros.calvin_layout import POS_SCALE
 from deer_ros.msg import ArmAction
 from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
-from deer_ros.sim.interface import POS_SCALE
-from policy_driver import FAST_POLICY, LATCHED
-from ros_helpers import BackgroundSpinner, wait_for
 
 BRIDGE = 'deer_ros.nodes.calvin_bridge_node'
 STARTUP_S = 120.0

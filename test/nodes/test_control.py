@@ -5,13 +5,23 @@ import math
 
 import numpy as np
 import pytest
+from policy_driver import random_frame
 
-from deer_ros.nodes.control import (GRIPPER_CAMERA, INSTRUCTION, JOINT_STATES, STATIC_CAMERA, TCP_POSE,
-                                    PolicyController, check_image, check_joint_positions, safe_action)
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, GRIPPER_CLOSE, GRIPPER_OPEN, STATIC_CAMERA_SHAPE
+from deer_ros.nodes.control import (
+    GRIPPER_CAMERA,
+    INSTRUCTION,
+    JOINT_STATES,
+    STATIC_CAMERA,
+    TCP_POSE,
+    PolicyController,
+    check_image,
+    check_joint_positions,
+    safe_action,
+)
 from deer_ros.policy.early_exit import NonFiniteActionError
 from deer_ros.policy.runtime import PolicyRuntime
-from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, GRIPPER_CLOSE, GRIPPER_OPEN, STATIC_CAMERA_SHAPE, Action
-from policy_driver import random_frame
+from deer_ros.policy.types import Action
 
 
 @pytest.fixture(scope='module')

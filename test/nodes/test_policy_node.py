@@ -6,18 +6,17 @@ import re
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
+from policy_driver import FAST_POLICY, PolicyDriver, random_frame
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
+from ros_helpers import BackgroundSpinner, wait_for
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from policy_driver import FAST_POLICY, PolicyDriver, random_frame
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_TCP_POSE, STATIC_CAMERA_SHAPE
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
-from deer_ros.policy.ready_pose import SIM_HOME_TCP
-from deer_ros.policy.types import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
-from ros_helpers import BackgroundSpinner, wait_for
 
 POLICY = 'deer_ros.nodes.policy_node'
 STARTUP_S = 120.0  # torch + transformers imports on 2 shared cores
@@ -205,7 +204,7 @@ def test_with_a_ready_pose_every_reset_first_returns_the_hand_there(start_node, 
     """Scripted steps (ExitStats exit 0) until the TCP pose is the ready pose, then the policy; ~/reset restarts it."""
     node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint), 'ready_pose.enabled': True})
     assert node.wait_for_log('ready in', STARTUP_S), node.log
-    home = [*SIM_HOME_TCP[:3], *Rotation.from_euler('xyz', SIM_HOME_TCP[3:]).as_quat()]
+    home = [*HOME_TCP_POSE[:3], *Rotation.from_euler('xyz', HOME_TCP_POSE[3:]).as_quat()]
     low = [home[0], home[1], home[2] - 0.2, *home[3:]]
     reset = driver.create_client(Trigger, 'deer_policy/reset')
 

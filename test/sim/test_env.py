@@ -6,10 +6,9 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from deer_ros.calvin_layout import HOME_ROBOT_OBS, ORN_SCALE, POS_SCALE
 from deer_ros.sim.env import PlayTableEnv
 from deer_ros.sim.initial_state import initial_state
-from deer_ros.sim.interface import ORN_SCALE, POS_SCALE
-from deer_ros.sim.robot import DEFAULT_ROBOT_OBS
 
 CONDITIONS = {'led': 1, 'lightbulb': 1, 'slider': 'left', 'drawer': 'open', 'red_block': 'table',
               'blue_block': 'slider_right', 'pink_block': 'table', 'grasped': 0}
@@ -51,7 +50,7 @@ def test_reset_restores_the_given_state(env: PlayTableEnv) -> None:
     np.testing.assert_allclose(obs['scene_obs'], scene_obs, atol=1e-6)
     np.testing.assert_allclose(obs['robot_obs'][6:], robot_obs[6:], atol=1e-6)
     # The tcp pose recorded in calvin's reset robot_obs is what its joints give on this robot too.
-    np.testing.assert_allclose(obs['robot_obs'][:6], DEFAULT_ROBOT_OBS[:6], atol=1e-3)
+    np.testing.assert_allclose(obs['robot_obs'][:6], HOME_ROBOT_OBS[:6], atol=1e-3)
     lights = env.get_info()['scene_info']['lights']
     assert lights['lightbulb']['logical_state'] == 1 and lights['led']['logical_state'] == 1
 
@@ -80,9 +79,9 @@ def test_pose_components_are_clipped_and_gripper_is_a_sign(env: PlayTableEnv) ->
 
 def test_absolute_actions_set_the_target(env: PlayTableEnv) -> None:
     env.reset(*_start())
-    goal = DEFAULT_ROBOT_OBS[:3] + [0.05, 0.03, -0.04]
+    goal = HOME_ROBOT_OBS[:3] + [0.05, 0.03, -0.04]
     for _ in range(20):
-        obs, *_ = env.step((goal, DEFAULT_ROBOT_OBS[3:6], (1,)))
+        obs, *_ = env.step((goal, HOME_ROBOT_OBS[3:6], (1,)))
     np.testing.assert_allclose(obs['robot_obs'][:3], goal, atol=3e-3)
 
 

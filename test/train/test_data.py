@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from train_fixtures import INSTRUCTIONS, write_calvin_like_split
+
+from deer_ros.benchmark.dataset import LanguageWindows
 from deer_ros.model import load_config
 from deer_ros.model.tokenization import InstructionEncoder
-from deer_ros.sim.dataset import LanguageWindows
 from deer_ros.train.augment import random_shift
 from deer_ros.train.data import EpochBatchSampler, WindowCollator, open_split, state_statistics
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from benchmark_scripts import load_benchmark
 from train_fixtures import demo_frames, small_config
 
+from deer_ros.benchmark.dataset import Annotation, CalvinDatasetWriter
+from deer_ros.benchmark.language import TASK_LANGUAGE
 from deer_ros.model import build_model
-from deer_ros.sim.dataset import Annotation, CalvinDatasetWriter
-from deer_ros.sim.language import TASK_LANGUAGE
 
 
 def test_probe_scores_each_task_with_its_evaluation_phrase(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deer_ros.benchmark.dataset import FRAME_SHAPES, Annotation, CalvinDatasetWriter
 from deer_ros.model import DeerConfig, load_config
-from deer_ros.sim.dataset import FRAME_SHAPES, Annotation, CalvinDatasetWriter
 
 INSTRUCTIONS = (('open the drawer', 'open_drawer'), ('push the blue block left', 'push_blue_block_left'))
 

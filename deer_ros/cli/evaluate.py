@@ -1,0 +1,61 @@
+"""``deer-ros evaluate``: CALVIN-style 5-instruction chain evaluation of a policy.
+
+Chains are a slice of the fixed, seeded list of 1000 (``--offset``,
+``--num-chains``; DeeR reports on the first 224), so tuning and reporting can
+use disjoint slices of the same list. The policy is named as
+``module:callable``, a picklable factory ``callable(env, **policy_kwargs) -> Policy``;
+``expert`` runs the scripted expert through the same protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from deer_ros.benchmark.backends import BACKENDS, build_sim_factory, load_policy_factory
+from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, chains_digest, disjoint_subsets, generate_chains
+from deer_ros.benchmark.evaluation import SimFactory, evaluate
+from deer_ros.calvin_layout import EP_LEN
+from deer_ros.sim.layout import SCENES
+
+DEER_DEFAULT_CHAINS = 224
+
+
+def sim_factory_from_args(args: argparse.Namespace) -> tuple[SimFactory, list[str]]:
+    """The simulator options of :func:`add_arguments` as a factory and the tasks its oracle judges."""
+    return build_sim_factory(args.backend, args.scene, cameras=not args.no_cameras,
+                             calvin_dataset=args.calvin_dataset, use_egl=args.use_egl)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--policy', default='expert', help='"expert" or module:callable returning a policy for an env')
+    parser.add_argument('--policy-kwargs', type=json.loads, default={}, help='JSON object passed to the policy factory')
+    parser.add_argument('--backend', choices=BACKENDS, default='embedded')
+    parser.add_argument('--scene', default='D', choices=sorted(SCENES))
+    parser.add_argument('--calvin-dataset', type=Path, help='CALVIN split root, for --backend calvin')
+    parser.add_argument('--use-egl', action='store_true', help='EGL rendering in calvin_env (default: CPU)')
+    parser.add_argument('--no-cameras', action='store_true',
+                        help='embedded env without rendering: only for policies that ignore images (the expert)')
+    parser.add_argument('--num-chains', type=int, default=DEER_DEFAULT_CHAINS)
+    parser.add_argument('--offset', type=int, default=0, help='first chain of the fixed list to evaluate')
+    parser.add_argument('--chain-seed', type=int, default=DEFAULT_SEED, help='seed of the fixed chain list')
+    parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--max-steps', type=int, default=EP_LEN, help='step budget per subtask')
+    parser.add_argument('--output', type=Path, help='write the full report as JSON here')
+    parser.add_argument('--no-progress', action='store_true')
+
+
+def run(args: argparse.Namespace) -> int:
+    sim_factory, tasks = sim_factory_from_args(args)
+    policy_factory = load_policy_factory(args.policy, args.policy_kwargs)
+    all_chains = generate_chains(tasks, DEFAULT_NUM_CHAINS, args.chain_seed)
+    [chains] = disjoint_subsets(all_chains, [args.num_chains], args.offset)
+    report = evaluate(chains, sim_factory, policy_factory, args.workers, args.max_steps, not args.no_progress)
+    print(report.format_table())
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        settings = {'policy': args.policy, 'policy_kwargs': args.policy_kwargs, 'backend': args.backend,
+                    'scene': args.scene, 'offset': args.offset, 'chain_seed': args.chain_seed,
+                    'max_steps': args.max_steps, 'chains_sha256': chains_digest(chains)}
+        args.output.write_text(json.dumps({'settings': settings, **report.to_json()}, indent=1))
+    return 0

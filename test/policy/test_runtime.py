@@ -1,0 +1,107 @@
+"""PolicyRuntime with the real tiny model: calibration sources, budgets without side effects, live caps."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+from policy_driver import random_frame
+
+from deer_ros.budget.calibration import CalibrationData, CalibrationFileError, calibration_path
+from deer_ros.budget.caps import Budget, param_memory_mb
+from deer_ros.budget.solver import BudgetError
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
+from deer_ros.model import load_config
+from deer_ros.policy.runtime import PolicyRuntime
+from deer_ros.policy.types import Observation
+
+
+def _observations(count: int = 3) -> list[Observation]:
+    rng = np.random.default_rng(1)
+    return [Observation(random_frame(rng, STATIC_CAMERA_SHAPE), random_frame(rng, GRIPPER_CAMERA_SHAPE))
+            for _ in range(count)]
+
+
+def _episode(runtime: PolicyRuntime) -> tuple[np.ndarray, list[int]]:
+    """Poses and 0-based exits of a fixed 3-step episode from a reset state."""
+    runtime.reset()
+    steps = [runtime.step(observation, 'open the drawer') for observation in _observations()]
+    return np.array([action.pose for action, _ in steps]), [info.exit_index for _, info in steps]
+
+
+def test_checkpoint_cap_lowered_live_and_raised_by_reload(tiny_checkpoint):
+    warnings: list[str] = []
+    runtime = PolicyRuntime(tiny_checkpoint, warn=warnings.append)
+    assert not warnings and runtime.calibration_source == str(calibration_path(tiny_checkpoint))
+    full_poses, full_exits = _episode(runtime)
+    assert full_exits == [5, 5, 5]  # no budget: every step runs to the last exit
+
+    peak = runtime.cost_table.llm_gflops[2]
+    solution = runtime.apply(Budget(peak_gflops=peak))
+    assert solution.cap == 2 and runtime.num_exits == 3
+    _, capped_exits = _episode(runtime)
+    assert capped_exits == [2, 2, 2]
+
+    runtime.apply(Budget())  # raising the cap reloads the dropped layers from the checkpoint
+    assert runtime.num_exits == 6
+    poses, exits = _episode(runtime)
+    np.testing.assert_allclose(poses, full_poses, atol=1e-6)
+    assert exits == full_exits
+
+
+def test_config_source_rebuilds_identical_weights_after_a_memory_cap():
+    warnings: list[str] = []
+    runtime = PolicyRuntime('tiny', seed=3, warn=warnings.append)
+    assert len(warnings) == 1 and 'no calibration file for tiny' in warnings[0]
+    assert runtime.calibration_source == 'synthetic'
+    full_poses, _ = _episode(runtime)
+    memory = param_memory_mb(runtime.cost_table)
+    runtime.apply(Budget(max_memory_mb=float(memory[1]) + 1e-3))
+    assert runtime.num_exits == 2
+    runtime.apply(Budget())
+    np.testing.assert_allclose(_episode(runtime)[0], full_poses, atol=1e-6)
+
+
+def test_solve_reports_the_feasible_range_and_changes_nothing(tiny_checkpoint):
+    runtime = PolicyRuntime(tiny_checkpoint)
+    low, high = runtime.feasible_average()
+    costs = runtime.cost_table.llm_gflops
+    assert (low, high) == (costs[1], costs[-1])
+    before = runtime.solution
+    with pytest.raises(BudgetError, match=r'feasible range is \['):
+        runtime.solve(Budget(avg_gflops=high * 2))
+    with pytest.raises(BudgetError, match='feasible memory MB limits are >='):
+        runtime.solve(Budget(max_memory_mb=1e-3))
+    with pytest.raises(BudgetError, match='capped at exit 1'):  # average infeasible under a peak cap
+        runtime.solve(Budget(avg_gflops=high * 0.9, peak_gflops=costs[1]))
+    assert runtime.solution is before and runtime.num_exits == 6
+
+    solution = runtime.apply(Budget(avg_gflops=(low + high) / 2))
+    assert runtime.solution is solution and solution.average is not None
+    assert abs(solution.average.realised_cost - (low + high) / 2) <= 0.02 * (low + high) / 2
+    assert runtime.describe()['avg_gflops'] == f'{(low + high) / 2:g}'
+
+
+def test_a_calibration_file_for_other_weights_or_metric_is_refused(tiny_checkpoint, tmp_path):
+    checkpoint = tmp_path / 'ckpt'
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    with pytest.raises(ValueError, match="exit metric 'rms', not 'l1'"):
+        PolicyRuntime(checkpoint, metric='l1')
+    data = CalibrationData.load(calibration_path(checkpoint))
+    data.metadata['checkpoint_sha256'] = 'someone else'
+    data.save(calibration_path(checkpoint))
+    with pytest.raises(CalibrationFileError, match='re-run calibration'):
+        PolicyRuntime(checkpoint)
+
+
+def test_a_proprioceptive_model_steps_only_with_the_robot_state(tmp_path):
+    config = dataclasses.replace(load_config('tiny'), use_proprio=True)
+    config.save(tmp_path / 'proprio.json')
+    runtime = PolicyRuntime(tmp_path / 'proprio.json')
+    rng = np.random.default_rng(0)
+    images = random_frame(rng, STATIC_CAMERA_SHAPE), random_frame(rng, GRIPPER_CAMERA_SHAPE)
+    action, _ = runtime.step(Observation(*images, proprio=np.zeros(15)), 'open the drawer')
+    assert np.all(np.abs(action.pose) <= 1.0)
+    with pytest.raises(ValueError, match='needs proprioception'):
+        runtime.step(Observation(*images), 'open the drawer')
