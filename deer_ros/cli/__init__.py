@@ -41,6 +41,3 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(rest)) or 0)
 
-
-if __name__ == '__main__':
-    sys.exit(main())

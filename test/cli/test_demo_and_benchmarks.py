@@ -11,7 +11,7 @@ from benchmark_scripts import load_benchmark
 
 from deer_ros.policy.runtime import PolicyRuntime
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tradeoff_benchmark_reduced(tmp_path: Path) -> None:
