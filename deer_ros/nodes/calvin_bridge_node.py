@@ -46,7 +46,7 @@ from deer_ros.nodes.bridge import (
     step_summary,
 )
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
-from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
+from deer_ros.nodes.parameters import ParamSpec, check_values, declare
 from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import joint_state_msg, tcp_pose_msg
 from deer_ros.nodes.ros_time import stamp_ns
@@ -147,7 +147,7 @@ class CalvinBridgeNode(Node):
         return response
 
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        problem = check_choices(PARAMETERS, parameters)
+        problem = check_values(PARAMETERS, parameters)
         return SetParametersResult(successful=problem is None, reason=problem or '')
 
     # ---- publishing (simulator thread)

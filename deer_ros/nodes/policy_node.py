@@ -53,7 +53,7 @@ from deer_ros.nodes.control import (
 )
 from deer_ros.nodes.diagnostics import PolicyDiagnostics
 from deer_ros.nodes.image_conversion import image_msg_to_rgb
-from deer_ros.nodes.parameters import ParamSpec, check_choices, declare
+from deer_ros.nodes.parameters import ParamSpec, check_values, declare
 from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import check_tcp_pose, tcp_pose_array
 from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
@@ -304,7 +304,7 @@ class PolicyNode(Node):
 
     # ---- parameters: validate without side effects, then apply
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        problem = check_choices(PARAMETERS, parameters)
+        problem = check_values(PARAMETERS, parameters)
         if problem is None and any(p.name in BUDGET_PARAMETERS for p in parameters):
             values = {name: self.get_parameter(name).value for name in BUDGET_PARAMETERS}
             values.update({p.name: p.value for p in parameters if p.name in BUDGET_PARAMETERS})
