@@ -7,6 +7,8 @@ editable. Venv-only checks skip on the colcon route, where the library is a copy
 """
 from __future__ import annotations
 
+import importlib
+import importlib.metadata as md
 import json
 import os
 import re
@@ -62,8 +64,6 @@ def test_venv_generated_half_cannot_shadow_the_library():
     """No generated __init__.py (a regular package there would hide the source tree) and
     exactly one `deer_ros` distribution (a second, rosidl's egg-info, could make pip delete
     the generated code when it reinstalls the library)."""
-    import importlib.metadata as md
-
     import deer_ros.msg
 
     generated = Path(deer_ros.msg.__file__).resolve().parents[1]
@@ -90,6 +90,48 @@ def test_venv_rules_hold():
     result = subprocess.run([sys.executable, str(REPO / 'scripts' / 'check_venv.py')], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def _fake_site_packages(root: Path, metadata_dir: str, metadata_file: str, fields: dict[str, str],
+                        modules: list[str]) -> Path:
+    """A site-packages dir holding one distribution: its metadata and its ``modules`` (relative paths)."""
+    (root / metadata_dir).mkdir(parents=True)
+    (root / metadata_dir / metadata_file).write_text(
+        'Metadata-Version: 2.1\n' + ''.join(f'{key}: {value}\n' for key, value in fields.items()))
+    for module in modules:
+        (root / module).parent.mkdir(parents=True, exist_ok=True)
+        (root / module).write_text('')
+    return root
+
+
+ROS_LAUNCH = {'Name': 'launch', 'Version': '3.7.1', 'Summary': 'Launch processes specified in launch files.'}
+PYPI_LAUNCH = {'Name': 'launch', 'Version': '0.1.3', 'Summary': 'Launch: An Application Launcher'}
+
+
+@pytest.mark.parametrize('metadata_dir, metadata_file', [('launch-3.7.1-py3.12.egg-info', 'PKG-INFO'),
+                                                         ('launch-3.7.1.dist-info', 'METADATA')])
+def test_check_venv_accepts_ros_launch(tmp_path, metadata_dir, metadata_file):
+    """A system ROS (/opt/ros/<distro>/lib/python3.x/site-packages) or colcon workspace on the Python path."""
+    site = _fake_site_packages(tmp_path / 'opt_ros_site', metadata_dir, metadata_file, ROS_LAUNCH,
+                               ['launch/__init__.py', 'launch/launch_description.py',
+                                'launch/launch_description_sources/__init__.py'])
+    [dist] = md.distributions(path=[str(site)])
+    assert dist.version == '3.7.1' and _script('check_venv').problems([str(site)]) == []
+    # Found by its metadata alone too (its modules elsewhere, e.g. a `colcon build --symlink-install` egg-info).
+    bare = _fake_site_packages(tmp_path / 'egg_info_only', metadata_dir, metadata_file,
+                               {**ROS_LAUNCH, 'Home-page': 'https://github.com/ros2/launch'}, [])
+    assert _script('check_venv').problems([str(bare)]) == []
+
+
+def test_check_venv_flags_pypi_launch_even_beside_ros_launch(tmp_path):
+    check_venv = _script('check_venv')
+    pypi = _fake_site_packages(tmp_path / 'venv_site', 'launch-0.1.3.dist-info', 'METADATA', PYPI_LAUNCH,
+                               ['launch/__init__.py', 'launch/launcher.py'])
+    ros = _fake_site_packages(tmp_path / 'opt_ros_site', 'launch-3.7.1-py3.12.egg-info', 'PKG-INFO', ROS_LAUNCH,
+                              ['launch/__init__.py', 'launch/launch_description.py'])
+    for path in ([str(pypi)], [str(ros), str(pypi)]):
+        [message] = check_venv.problems(path)
+        assert message.startswith("PyPI 'launch' 0.1.3 is installed") and 'unrelated to ROS' in message, message
 
 
 def _package_xml() -> ET.Element:
@@ -125,13 +167,17 @@ def test_every_msg_file_is_generated():
 REQUIREMENT = re.compile(r'^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[a-z0-9,_-]+\])?==(?P<version>[0-9][^\s;]*)$')
 
 
-def _update_lock():
+def _script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts/ is no package)."""
     sys.path.insert(0, str(REPO / 'scripts'))
     try:
-        import update_lock
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / 'scripts'))
-    return update_lock
+
+
+def _update_lock():
+    return _script('update_lock')
 
 
 def _pins(path: Path) -> dict[str, str]:
