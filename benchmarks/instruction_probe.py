@@ -25,10 +25,9 @@ import torch
 
 from deer_ros.benchmark.language import TASK_LANGUAGE
 from deer_ros.model import DeerVLA, load_model
+from deer_ros.model.modeling_deer_training import UNKNOWN_TASK, MultiExitObjective, action_loss
 from deer_ros.model.tokenization import InstructionEncoder
-from deer_ros.train.data import TASK_NAMES, UNKNOWN_TASK, WindowCollator, open_split
-from deer_ros.train.losses import action_loss
-from deer_ros.train.objective import MultiExitObjective
+from deer_ros.train.data import TASK_NAMES, WindowCollator, open_split
 
 
 @torch.no_grad()

@@ -18,10 +18,10 @@ import time
 import torch
 
 from deer_ros.model import load_model
+from deer_ros.model.modeling_deer_training import STAGES, MultiExitObjective
 from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.train.augment import augment_batch
-from deer_ros.train.config import STAGES, TrainConfig
-from deer_ros.train.objective import MultiExitObjective
+from deer_ros.train.config import TrainConfig
 from deer_ros.train.step import StageStep
 
 

@@ -65,30 +65,30 @@ def _budget(args: argparse.Namespace):
 
 def run_synthetic(source: str, budget, steps: int, seed: int) -> int:
     from deer_ros.benchmark.language import TASK_LANGUAGE
-    from deer_ros.policy.runtime import PolicyRuntime
+    from deer_ros.policy.deer_policy import DeerPolicy
     from deer_ros.policy.types import Observation
 
-    runtime = PolicyRuntime(source, budget=budget, seed=seed)
+    policy = DeerPolicy.from_pretrained(source, budget=budget, seed=seed)
     rng = np.random.default_rng(seed)
     instructions = [language.evaluation for language in TASK_LANGUAGE.values()]
     exits: Counter[int] = Counter()
     llm, total, latency = [], [], []
     for step in tqdm(range(steps), desc='policy steps', unit='step'):
         if step % 60 == 0:  # a new "subtask" every 2 s of 30 Hz control
-            runtime.reset()
+            policy.reset()
             instruction = instructions[rng.integers(len(instructions))]
         observation = Observation(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
                                   rng.integers(0, 256, (84, 84, 3), dtype=np.uint8))
-        _, info = runtime.step(observation, instruction)
+        _, info = policy.select_action(observation, instruction)
         exits[info.exit_index + 1] += 1
         llm.append(info.llm_gflops)
         total.append(info.total_gflops)
         latency.append(info.latency_ms)
-    print(f'\nsource: {source}   budget: {runtime.describe()}')
+    print(f'\nsource: {source}   budget: {policy.runtime.describe()}')
     print('exit histogram: ' + '  '.join(f'exit {k}: {exits[k] / steps:6.1%}'
-                                        for k in range(1, runtime.cost_table.num_exits + 1)))
+                                        for k in range(1, policy.cost_table.num_exits + 1)))
     print(f'LLM GFLOPs   avg {np.mean(llm):.4f}   peak {np.max(llm):.4f}   '
-          f'(full depth {runtime.cost_table.llm_gflops[-1]:.4f})')
+          f'(full depth {policy.cost_table.llm_gflops[-1]:.4f})')
     print(f'total GFLOPs avg {np.mean(total):.4f}   peak {np.max(total):.4f}')
     print(f'step latency ms  p50 {np.percentile(latency, 50):.1f}   p99 {np.percentile(latency, 99):.1f}')
     return 0

@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 
 from deer_ros.budget.exit_criterion import METRICS
+from deer_ros.model.parameter_groups import GROUPS
 from deer_ros.train.config import PRECISIONS, SCHEDULES, TrainConfig
-from deer_ros.train.parameters import GROUPS
 
 _HELP = {
     'data': 'dataset roots holding training/ and validation/ (CALVIN layout); several roots are concatenated '

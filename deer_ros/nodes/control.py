@@ -16,9 +16,8 @@ import numpy as np
 
 from deer_ros.calvin_layout import GRIPPER_CLOSE, GRIPPER_OPEN
 from deer_ros.nodes.robot_state import robot_obs_from_ros
+from deer_ros.policy.deer_policy import DeerPolicy
 from deer_ros.policy.early_exit import NonFiniteActionError
-from deer_ros.policy.ready_pose import ReadyPose, ReadyPoseReturn
-from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import Action, ExitInfo, Observation
 
 STATIC_CAMERA = 'static camera'
@@ -152,26 +151,22 @@ class PolicyController:
     """Turns input snapshots into decisions; owns the last gripper command so holds keep it.
 
     Args:
-        runtime: the policy.
+        policy: the policy (with its ready-pose return, if any); stepped once per decision that acts.
         max_input_age_s: camera/joint-state age beyond which the input is stale.
         on_stale_input: ``hold`` publishes explicit holds on bad input, ``silent`` publishes nothing.
         require_new_frame: step only on a static frame the policy has not seen,
             so a simulator stepped in lock-step gets exactly one action per frame.
 
-        ready_pose: where the hand returns (scripted) after every reset before
-            the policy acts on the new instruction; ``None``: no return.
-
-    A model with ``use_proprio``, and the return to the ready pose, also need
-    a fresh TCP pose: the robot state is rebuilt from the TCP pose, the joint
-    states and the controller's own last gripper command (:func:`robot_obs_from_ros`).
+    When the policy needs the robot state (a model with ``use_proprio``, or
+    the ready-pose return), a fresh TCP pose is required too: the robot state
+    is rebuilt from the TCP pose, the joint states and the controller's own
+    last gripper command (:func:`robot_obs_from_ros`).
     """
 
-    def __init__(self, runtime: PolicyRuntime, *, max_input_age_s: float, on_stale_input: StalePolicy = 'hold',
-                 require_new_frame: bool = True, ready_pose: ReadyPose | None = None) -> None:
-        self.runtime = runtime
-        self.uses_proprio = runtime.config.use_proprio
-        self.ready_pose_return = ReadyPoseReturn(ready_pose) if ready_pose is not None else None
-        self.needs_robot_state = self.uses_proprio or ready_pose is not None
+    def __init__(self, policy: DeerPolicy, *, max_input_age_s: float, on_stale_input: StalePolicy = 'hold',
+                 require_new_frame: bool = True) -> None:
+        self.policy = policy
+        self.needs_robot_state = policy.needs_robot_state
         self.inputs = InputBuffer(INPUTS + ((TCP_POSE,) if self.needs_robot_state else ()))
         self.max_input_age_s = max_input_age_s
         self.on_stale_input = on_stale_input
@@ -190,10 +185,8 @@ class PolicyController:
             return changed
 
     def reset(self) -> None:
-        """New task: forget the step history and, with a ready pose, go there first."""
-        self.runtime.reset()
-        if self.ready_pose_return is not None:
-            self.ready_pose_return.start()
+        """New task: the policy forgets its step history and, with a ready pose, goes there first."""
+        self.policy.reset()
 
     def tick(self, now: float) -> Decision:
         snapshot = self.inputs.snapshot(now, self.max_input_age_s)
@@ -206,12 +199,8 @@ class PolicyController:
         try:
             robot_obs = robot_obs_from_ros(values[TCP_POSE], values[JOINT_STATES], self.gripper) \
                 if self.needs_robot_state else None
-            scripted = self.ready_pose_return.next_action(robot_obs) if self.ready_pose_return is not None else None
-            if scripted is not None:
-                return self._acted(frame, 'ready_pose', safe_action(scripted), None, snapshot)
-            observation = Observation(values[STATIC_CAMERA], values[GRIPPER_CAMERA],
-                                      robot_obs if self.uses_proprio else None)
-            action, info = self.runtime.step(observation, values[INSTRUCTION])
+            observation = Observation(values[STATIC_CAMERA], values[GRIPPER_CAMERA], robot_obs)
+            action, info = self.policy.select_action(observation, values[INSTRUCTION])
             action = safe_action(action)
         except NonFiniteActionError as error:
             return self._fallback([f'policy output rejected: {error}'])
@@ -219,6 +208,8 @@ class PolicyController:
             return self._fallback([f'bad input: {error}'])
         except Exception as error:  # noqa: BLE001 - the safety boundary: whatever broke, the robot must hold
             return self._fallback([f'policy step failed: {type(error).__name__}: {error}'])
+        if info.scripted:  # a ready-pose step: no model ran, so no exit to report
+            return self._acted(frame, 'ready_pose', action, None, snapshot)
         return self._acted(frame, 'action', action, info, snapshot)
 
     def _acted(self, frame: tuple[str, int], kind: Literal['action', 'ready_pose'], action: Action,

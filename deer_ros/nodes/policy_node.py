@@ -57,6 +57,7 @@ from deer_ros.nodes.parameters import ParamSpec, check_values, declare
 from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import check_tcp_pose, tcp_pose_array
 from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
+from deer_ros.policy.deer_policy import DeerPolicy
 from deer_ros.policy.ready_pose import ReadyPose
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import Action, ExitInfo
@@ -168,11 +169,11 @@ class PolicyNode(Node):
                                      budget=budget_from(values), track_average=values['budget.track_average'],
                                      seed=values['seed'],
                                      warn=self.get_logger().warning)
-        self.controller = PolicyController(self.runtime, max_input_age_s=values['max_input_age_s'],
+        ready_pose = ReadyPose(tuple(values['ready_pose.tcp'])) if values['ready_pose.enabled'] else None
+        self.controller = PolicyController(DeerPolicy(self.runtime, ready_pose),
+                                           max_input_age_s=values['max_input_age_s'],
                                            on_stale_input=values['on_stale_input'],
-                                           require_new_frame=values['require_new_frame'],
-                                           ready_pose=ReadyPose(tuple(values['ready_pose.tcp']))
-                                           if values['ready_pose.enabled'] else None)
+                                           require_new_frame=values['require_new_frame'])
         self.diagnostics = PolicyDiagnostics(self.get_name(), self.runtime.cost_table.num_exits,
                                              inputs=self.controller.inputs.names)
         self._publish_lock = threading.Lock()

@@ -2,10 +2,11 @@
 
 ``deer_ros.benchmark.evaluation`` drives any object with ``reset()``,
 ``step(obs, instruction) -> (7,) action`` and optionally ``step_stats()``;
-this adapter turns a simulator observation into an :class:`Observation`,
-steps a :class:`PolicyRuntime` and reports the exit taken and its counted
-cost. The per-exit indicator stats (``exit_1`` .. ``exit_n``) average into
-the exit histogram, from which the evaluation's peak cost is read.
+this adapter turns a simulator observation dict into an :class:`Observation`
+(the robot state always in ``proprio``), steps a :class:`DeerPolicy` and
+reports the exit taken and its counted cost. The per-exit indicator stats
+(``exit_1`` .. ``exit_n``) average into the exit histogram, from which the
+evaluation's peak cost is read.
 
 With a :class:`ReadyPose` (the default), every instruction first returns the
 hand to the ready pose; those steps report only ``ready_pose: 1`` (model
@@ -19,48 +20,39 @@ from typing import Any
 import numpy as np
 
 from deer_ros.budget.caps import Budget
-from deer_ros.policy.ready_pose import ReadyPose, ReadyPoseReturn
-from deer_ros.policy.runtime import PolicyRuntime
+from deer_ros.policy.deer_policy import DeerPolicy
+from deer_ros.policy.ready_pose import ReadyPose
 from deer_ros.policy.types import ExitInfo, Observation
 
 
 class ChainPolicy:
     """Adapter: CALVIN-style observation dict in, 7-D relative action out."""
 
-    def __init__(self, runtime: PolicyRuntime, ready_pose: ReadyPose | None = None) -> None:
-        self.runtime = runtime
-        self.ready_pose_return = ReadyPoseReturn(ready_pose) if ready_pose is not None else None
+    def __init__(self, policy: DeerPolicy) -> None:
+        self.policy = policy
         self._last: ExitInfo | None = None
 
     def reset(self) -> None:
-        self.runtime.reset()
-        if self.ready_pose_return is not None:
-            self.ready_pose_return.start()
+        self.policy.reset()
 
     def step(self, obs: dict[str, Any], instruction: str) -> np.ndarray:
-        if self.ready_pose_return is not None:
-            scripted = self.ready_pose_return.next_action(obs['robot_obs'])
-            if scripted is not None:
-                self._last = None
-                return scripted.as_array()
-        proprio = obs['robot_obs'] if self.runtime.config.use_proprio else None
-        observation = Observation(obs['rgb_obs']['rgb_static'], obs['rgb_obs']['rgb_gripper'], proprio)
-        action, self._last = self.runtime.step(observation, instruction)
+        observation = Observation(obs['rgb_obs']['rgb_static'], obs['rgb_obs']['rgb_gripper'], obs.get('robot_obs'))
+        action, self._last = self.policy.select_action(observation, instruction)
         return action.as_array()
 
     def step_stats(self) -> dict[str, float]:
         info = self._last
-        if info is None:
+        if info is None or info.scripted:
             return {'ready_pose': 1.0}
         stats = {'ready_pose': 0.0, 'exit': info.exit_index + 1.0, 'llm_gflops': info.llm_gflops,
                  'total_gflops': info.total_gflops, 'latency_ms': info.latency_ms}
-        stats.update({f'exit_{k + 1}': float(k == info.exit_index) for k in range(self.runtime.cost_table.num_exits)})
+        stats.update({f'exit_{k + 1}': float(k == info.exit_index) for k in range(self.policy.cost_table.num_exits)})
         return stats
 
 
 @dataclass(frozen=True)
 class ChainPolicyFactory:
-    """Picklable recipe: each evaluation worker builds its own runtime from it."""
+    """Picklable recipe: each evaluation worker builds its own policy from it."""
 
     source: str
     budget: Budget = field(default_factory=Budget)
@@ -73,10 +65,11 @@ class ChainPolicyFactory:
     def __call__(self, env: object = None) -> ChainPolicy:
         import torch
         torch.set_num_threads(self.threads)
-        runtime = PolicyRuntime(self.source, device=self.device, budget=self.budget, track_average=self.track_average)
+        policy = DeerPolicy.from_pretrained(self.source, device=self.device, budget=self.budget,
+                                            track_average=self.track_average, ready_pose=self.ready_pose)
         if self.thresholds is not None:
-            runtime.use_thresholds(np.asarray(self.thresholds))
-        return ChainPolicy(runtime, self.ready_pose)
+            policy.runtime.use_thresholds(np.asarray(self.thresholds))
+        return ChainPolicy(policy)
 
 
 def peak_from_histogram(step_stats: dict[str, float], per_exit_cost: list[float] | tuple[float, ...]) -> float:

@@ -52,7 +52,7 @@ class Action:
 
 @dataclass
 class ExitInfo:
-    """What the early-exit policy did for one step (0-based exit index)."""
+    """What the early-exit policy did for one step (0-based exit index; -1 for a scripted step)."""
 
     exit_index: int
     exit_layer: int
@@ -62,3 +62,10 @@ class ExitInfo:
     latency_ms: float
     consistency: list[float] = field(default_factory=list)
     thresholds: list[float] = field(default_factory=list)
+    scripted: bool = False  # a fixed controller acted (the ready-pose return): no model step, no cost
+
+    @classmethod
+    def scripted_step(cls) -> 'ExitInfo':
+        """A step no model ran for: exit 0 in ExitStats' 1-based count, zero cost, kept out of the budget."""
+        return cls(exit_index=-1, exit_layer=0, num_exits=0, llm_gflops=0.0, total_gflops=0.0, latency_ms=0.0,
+                   scripted=True)

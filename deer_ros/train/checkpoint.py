@@ -17,8 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from deer_ros.model.modeling_deer import DeerVLA
-
-from .objective import MultiExitObjective
+from deer_ros.model.modeling_deer_training import MultiExitObjective
 
 TRAINING_HEADS_FILE = 'training_heads.safetensors'
 STATE_FILE = 'trainer_state.pt'

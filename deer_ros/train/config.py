@@ -14,7 +14,6 @@ from typing import Any
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 SCHEDULES = ('constant', 'cosine')
-STAGES = ('joint', 'heads')
 
 
 @dataclass

@@ -17,11 +17,10 @@ from torch.utils.data import Dataset, Sampler
 
 from deer_ros.benchmark.dataset import ConcatenatedWindows, LanguageWindows
 from deer_ros.benchmark.language import TASK_LANGUAGE
+from deer_ros.model.modeling_deer_training import UNKNOWN_TASK, Batch
 from deer_ros.model.tokenization import InstructionEncoder
 
-Batch = dict[str, torch.Tensor]
 TASK_NAMES: tuple[str, ...] = tuple(TASK_LANGUAGE)  # CALVIN's 34 tasks: the task probe's classes
-UNKNOWN_TASK = -100  # cross-entropy's ignore index
 
 
 def window_keys(robot_obs: bool) -> tuple[str, ...]:

@@ -3,18 +3,40 @@
 Joint stage: backbone at ``lr``, all heads at ``lr * head_lr_scale`` (upstream
 trains heads slower while the features under them still move). Heads stage:
 the shared head alone at ``head_stage_lr``. Both: linear warm-up, then
-constant (upstream) or cosine decay to 0 at the end of the stage.
+constant (upstream) or cosine decay to 0 at the end of the stage. Weight
+decay applies to weight matrices only.
 """
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from deer_ros.model.modeling_deer_training import MultiExitObjective
+from deer_ros.model.parameter_groups import BACKBONE_GROUPS, group_modules
+
 from .config import TrainConfig
-from .objective import MultiExitObjective
-from .parameters import BACKBONE_GROUPS, decay_split, group_modules
+
+# weight matrices that get weight decay; norms, biases, gates, latents, positions and embeddings do not
+_DECAYED = {nn.Linear: ('weight',), nn.Conv2d: ('weight',), nn.LSTMCell: ('weight_ih', 'weight_hh')}
+
+
+def decay_split(modules: Iterable[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Trainable parameters of ``modules`` split into (decayed weight matrices, the rest)."""
+    decayed: dict[int, nn.Parameter] = {}
+    everything: dict[int, nn.Parameter] = {}
+    for root in modules:
+        for module in root.modules():
+            for kind, names in _DECAYED.items():
+                if isinstance(module, kind):
+                    decayed.update({id(getattr(module, n)): getattr(module, n) for n in names})
+        everything.update({id(p): p for p in root.parameters()})
+    trainable = {key: p for key, p in everything.items() if p.requires_grad}
+    return ([p for key, p in trainable.items() if key in decayed],
+            [p for key, p in trainable.items() if key not in decayed])
 
 
 def build_optimizer(objective: MultiExitObjective, config: TrainConfig) -> torch.optim.AdamW:

@@ -9,10 +9,9 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from deer_ros.model.modeling_deer_training import Batch, MultiExitObjective, per_step_exits, switching_exits
+
 from .config import TrainConfig
-from .data import Batch
-from .heads import per_step_exits, switching_exits
-from .objective import MultiExitObjective
 from .optim import build_optimizer, build_scheduler
 
 _AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}

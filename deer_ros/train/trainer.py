@@ -30,17 +30,16 @@ from deer_ros.budget.calibration import CalibrationData, calibration_path, check
 from deer_ros.budget.collect import collect_calibration
 from deer_ros.model import load_model
 from deer_ros.model.builder import with_exit_interval, with_proprioception, with_sentence_encoder
+from deer_ros.model.modeling_deer_training import STAGES, Batch, MultiExitObjective, per_step_exits
+from deer_ros.model.parameter_groups import check_groups, default_frozen
 from deer_ros.model.tokenization import InstructionEncoder
 
 from .augment import augment_batch
 from .checkpoint import ResumePoint, has_resume_point, load_resume_point, save_resume_point
-from .config import STAGES, TrainConfig
-from .data import Batch, EpochBatchSampler, WindowCollator, open_split, split_windows, state_statistics
+from .config import TrainConfig
+from .data import TASK_NAMES, EpochBatchSampler, WindowCollator, open_split, split_windows, state_statistics
 from .distributed import DistContext, init_distributed, shutdown_distributed
-from .heads import per_step_exits
 from .metrics import MetricsLog
-from .objective import MultiExitObjective
-from .parameters import check_groups, default_frozen
 from .step import StageStep, autocast_dtype
 
 POLICY_DIR = 'policy'
@@ -81,7 +80,7 @@ class Trainer:
         if resume and has_resume_point(self.output / LAST_DIR):
             model, training_heads, self.point = load_resume_point(self.output / LAST_DIR, device)
             self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight,
-                                                config.task_weight).to(device)
+                                                config.task_weight, len(TASK_NAMES)).to(device)
             self.objective.load_training_state(training_heads)
         else:
             torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -93,7 +92,7 @@ class Trainer:
             if config.exit_interval:
                 model = with_exit_interval(model, config.exit_interval)
             self.objective = MultiExitObjective(model, config.gripper_weight, config.state_weight,
-                                                config.task_weight).to(device)
+                                                config.task_weight, len(TASK_NAMES)).to(device)
         # The head is trained on `window`-step histories: the policy replays that many at run time.
         model.config.head.history_window = config.window
         self.robot_obs = model.config.use_proprio or config.state_weight > 0

@@ -19,14 +19,14 @@ from deer_ros.nodes.control import (
     check_joint_positions,
     safe_action,
 )
+from deer_ros.policy.deer_policy import DeerPolicy
 from deer_ros.policy.early_exit import NonFiniteActionError
-from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import Action
 
 
 @pytest.fixture(scope='module')
-def runtime(tiny_checkpoint) -> PolicyRuntime:
-    return PolicyRuntime(tiny_checkpoint)
+def policy(tiny_checkpoint) -> DeerPolicy:
+    return DeerPolicy.from_pretrained(tiny_checkpoint)
 
 
 def _feed(controller: PolicyController, now: float, stamp: int, rng: np.random.Generator) -> None:
@@ -36,8 +36,8 @@ def _feed(controller: PolicyController, now: float, stamp: int, rng: np.random.G
     inputs.put(JOINT_STATES, np.zeros(7), now, stamp)
 
 
-def test_missing_inputs_hold_or_stay_silent(runtime):
-    controller = PolicyController(runtime, max_input_age_s=0.5)
+def test_missing_inputs_hold_or_stay_silent(policy):
+    controller = PolicyController(policy, max_input_age_s=0.5)
     decision = controller.tick(0.0)
     assert decision.kind == 'hold' and not np.any(decision.action.pose) and decision.info is None
     assert [problem.split(':')[0] for problem in decision.problems] == [
@@ -46,9 +46,9 @@ def test_missing_inputs_hold_or_stay_silent(runtime):
     assert controller.tick(0.0).kind == 'silent' and controller.tick(0.0).action is None
 
 
-def test_acts_once_per_frame_and_holds_on_stale_or_rejected_input(runtime):
+def test_acts_once_per_frame_and_holds_on_stale_or_rejected_input(policy):
     rng = np.random.default_rng(0)
-    controller = PolicyController(runtime, max_input_age_s=0.5)
+    controller = PolicyController(policy, max_input_age_s=0.5)
     controller.set_instruction('open the drawer', 0.0)
     _feed(controller, 0.0, stamp=100, rng=rng)
     acted = controller.tick(0.1)
@@ -70,9 +70,9 @@ def test_acts_once_per_frame_and_holds_on_stale_or_rejected_input(runtime):
     assert controller.tick(1.1).kind == 'action'
 
 
-def test_only_a_changed_instruction_resets_the_policy(runtime):
+def test_only_a_changed_instruction_resets_the_policy(policy):
     rng = np.random.default_rng(0)
-    controller = PolicyController(runtime, max_input_age_s=10.0)
+    controller = PolicyController(policy, max_input_age_s=10.0)
     assert controller.set_instruction('open the drawer', 0.0)
     _feed(controller, 0.0, 1, np.random.default_rng(5))
     first = controller.tick(0.0).action.pose
@@ -85,14 +85,14 @@ def test_only_a_changed_instruction_resets_the_policy(runtime):
 
 
 def test_a_proprioceptive_policy_needs_the_tcp_pose_and_acts_on_it(proprio_checkpoint):
-    controller = PolicyController(PolicyRuntime(proprio_checkpoint), max_input_age_s=0.5)
+    controller = PolicyController(DeerPolicy.from_pretrained(proprio_checkpoint), max_input_age_s=0.5)
     controller.require_new_frame = False
     controller.set_instruction('open the drawer', 0.0)
     _feed(controller, 0.0, stamp=100, rng=np.random.default_rng(0))
     assert controller.tick(0.1).problems == [f'{TCP_POSE}: none received yet']
     poses = []
     for x in (0.0, 0.3):
-        controller.runtime.reset()
+        controller.policy.reset()
         controller.inputs.put(TCP_POSE, np.array([x, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0]), 0.1)
         decision = controller.tick(0.1)
         assert decision.kind == 'action'

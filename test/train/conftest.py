@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from train_fixtures import small_config, write_demo_dataset
+from small_models import small_config
+from train_fixtures import write_demo_dataset
 
 
 @pytest.fixture(scope='session')

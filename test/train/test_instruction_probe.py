@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 from benchmark_scripts import load_benchmark
-from train_fixtures import demo_frames, small_config
+from small_models import small_config
+from train_fixtures import demo_frames
 
 from deer_ros.benchmark.dataset import Annotation, CalvinDatasetWriter
 from deer_ros.benchmark.language import TASK_LANGUAGE

@@ -1,4 +1,4 @@
-"""Small CALVIN-format datasets and model configs for the training tests (a plain module, importable by name)."""
+"""Small CALVIN-format datasets for the training tests (a plain module, importable by name)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 
 from deer_ros.benchmark.dataset import FRAME_SHAPES, Annotation, CalvinDatasetWriter
-from deer_ros.model import DeerConfig, load_config
 
 INSTRUCTIONS = (('open the drawer', 'open_drawer'), ('push the blue block left', 'push_blue_block_left'))
 
@@ -42,17 +41,6 @@ def write_demo_dataset(root: Path, train_episodes: int = 3, val_episodes: int = 
             instruction, task = INSTRUCTIONS[episode % len(INSTRUCTIONS)]
             writer.add_episode(split, demo_frames(length, rng), [Annotation(0, length - 1, instruction, task)])
     return root
-
-
-def small_config() -> DeerConfig:
-    """The tiny config shrunk further (3 exits, short text, small images) so a training step takes ~0.1 s."""
-    data = load_config('tiny').to_dict()
-    data['num_exits'] = 3
-    data['vision'].update(image_size=32, hidden_size=32, num_layers=2)
-    data['resampler'].update(num_latents=4, hidden_size=32)
-    data['decoder'].update(hidden_size=64, num_hidden_layers=6, intermediate_size=128, text_length=24)
-    data['head'].update(lstm_hidden_size=64, mlp_hidden_sizes=[64])
-    return DeerConfig.from_dict(data)
 
 
 def write_calvin_like_split(split_dir: Path, first: int, length: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Named parameter groups of :class:`DeerVLA`: what each stage trains, freezes and decays.
+"""Named parameter groups of :class:`DeerVLA`: what each training stage trains and freezes.
 
 Freezing is by group so a run can say ``--freeze vision decoder`` without
 knowing attribute names, and a test can check every parameter is in exactly
@@ -10,8 +10,8 @@ from typing import Iterable, Iterator
 
 from torch import nn
 
-from deer_ros.model.configuration_deer import DeerConfig
-from deer_ros.model.modeling_deer import DeerVLA
+from .configuration_deer import DeerConfig
+from .modeling_deer import DeerVLA
 
 # group -> top-level attributes of DeerVLA
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -23,8 +23,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
     'head': ('action_head',),
 }
 BACKBONE_GROUPS = tuple(group for group in GROUPS if group != 'head')
-# weight matrices that get weight decay; norms, biases, gates, latents, positions and embeddings do not
-_DECAYED = {nn.Linear: ('weight',), nn.Conv2d: ('weight',), nn.LSTMCell: ('weight_ih', 'weight_hh')}
 
 
 def check_groups(names: Iterable[str]) -> tuple[str, ...]:
@@ -57,17 +55,3 @@ def set_trainable(model: DeerVLA, groups: Iterable[str]) -> None:
     for module in group_modules(model, groups):
         module.requires_grad_(True)
 
-
-def decay_split(modules: Iterable[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Trainable parameters of ``modules`` split into (decayed weight matrices, the rest)."""
-    decayed: dict[int, nn.Parameter] = {}
-    everything: dict[int, nn.Parameter] = {}
-    for root in modules:
-        for module in root.modules():
-            for kind, names in _DECAYED.items():
-                if isinstance(module, kind):
-                    decayed.update({id(getattr(module, n)): getattr(module, n) for n in names})
-        everything.update({id(p): p for p in root.parameters()})
-    trainable = {key: p for key, p in everything.items() if p.requires_grad}
-    return ([p for key, p in trainable.items() if key in decayed],
-            [p for key, p in trainable.items() if key not in decayed])

@@ -1,23 +1,24 @@
-"""Loss terms, mixed-exit histories, which parameters each stage trains, and the optimizer setup."""
+"""The training wrapper next to the model: loss terms, mixed-exit histories, what each stage trains, the probes."""
 from __future__ import annotations
-
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from small_models import small_config
 
-from train_fixtures import small_config
-from deer_ros.model import DeerVLA, load_config
+from deer_ros.model import DeerVLA
 from deer_ros.model.modeling_deer import HeadOutput
+from deer_ros.model.modeling_deer_training import (
+    UNKNOWN_TASK,
+    MultiExitObjective,
+    action_loss,
+    gather_exits,
+    per_step_exits,
+    switching_exits,
+)
+from deer_ros.model.parameter_groups import GROUPS, group_modules
 from deer_ros.model.tokenization import InstructionEncoder
-from deer_ros.train.config import TrainConfig
-from deer_ros.train.data import TASK_NAMES, UNKNOWN_TASK
-from deer_ros.train.heads import gather_exits, per_step_exits, switching_exits
-from deer_ros.train.losses import action_loss
-from deer_ros.train.objective import MultiExitObjective
-from deer_ros.train.optim import build_optimizer, lr_factor
-from deer_ros.train.parameters import GROUPS, check_groups, decay_split, default_frozen, group_modules
+from deer_ros.train.data import TASK_NAMES
 
 
 def test_action_loss_is_huber_plus_weighted_bce():
@@ -49,28 +50,6 @@ def test_mixed_exit_histories():
     torch.testing.assert_close(picked[3, 7], features[3, 7, s1[3, 7]])
 
 
-def test_every_parameter_is_in_exactly_one_group():
-    config = dataclasses.replace(load_config('tiny'), use_proprio=True)
-    model = DeerVLA(config)
-    owners = {}
-    for group in GROUPS:
-        for module in group_modules(model, [group]):
-            for parameter in module.parameters():
-                assert id(parameter) not in owners, f'{group} and {owners[id(parameter)]} share a parameter'
-                owners[id(parameter)] = group
-    assert set(owners) == {id(p) for p in model.parameters()}
-    with pytest.raises(ValueError, match='unknown parameter groups'):
-        check_groups(['decoder', 'llm'])
-
-
-def test_pretrained_decoder_frozen_by_default():
-    config = load_config('smollm2')
-    assert default_frozen(config) == ('embeddings', 'decoder')
-    assert default_frozen(dataclasses.replace(config, decoder=dataclasses.replace(
-        config.decoder, freeze_pretrained=False))) == ()
-    assert default_frozen(load_config('tiny')) == ()
-
-
 def _batch(model: DeerVLA, windows: int = 2, steps: int = 3) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     text_input, mask = InstructionEncoder(model.config.decoder)(['open the drawer', 'lift the red block'][:windows])
@@ -78,7 +57,8 @@ def _batch(model: DeerVLA, windows: int = 2, steps: int = 3) -> dict[str, torch.
             'rgb_gripper': torch.randint(0, 256, (windows, steps, 84, 84, 3), dtype=torch.uint8, generator=generator),
             'pose': torch.rand(windows, steps, 6, generator=generator) * 2 - 1,
             'gripper': torch.randint(0, 2, (windows, steps), generator=generator).float(),
-            'robot_obs': torch.randn(windows, steps, 15, generator=generator), 'text_input': text_input, 'text_mask': mask,
+            'robot_obs': torch.randn(windows, steps, 15, generator=generator),
+            'text_input': text_input, 'text_mask': mask,
             'task': torch.tensor([TASK_NAMES.index('open_drawer'), UNKNOWN_TASK][:windows])}
 
 
@@ -133,33 +113,6 @@ def test_heads_stage_trains_only_the_shared_head(objective):
     assert _grad_norm([objective.model.action_head]) > 0
     others = [p for name, p in objective.named_parameters() if not name.startswith('model.action_head.')]
     assert all(p.grad is None and not p.requires_grad for p in others)
-    optimizer = build_optimizer(objective, TrainConfig(data='-', output='-', head_stage_lr=1e-3))
-    trained = {id(p) for group in optimizer.param_groups for p in group['params']}
-    assert trained == {id(p) for p in objective.model.action_head.parameters()}
-    assert {group['lr'] for group in optimizer.param_groups} == {1e-3}
-
-
-def test_joint_optimizer_groups_and_decay(objective):
-    objective.set_stage('joint', frozen=('decoder',))
-    config = TrainConfig(data='-', output='-', lr=1e-3, head_lr_scale=0.25, weight_decay=0.1)
-    optimizer = build_optimizer(objective, config)
-    lr_of = {id(p): (group['lr'], group['weight_decay']) for group in optimizer.param_groups for p in group['params']}
-    model = objective.model
-    assert lr_of[id(model.cross_attention[0].attention.q_proj.weight)] == (1e-3, 0.1)
-    assert lr_of[id(model.cross_attention[0].attention_gate)] == (1e-3, 0.0)
-    assert lr_of[id(model.action_head.lstm.cells[0].weight_hh)] == (2.5e-4, 0.1)
-    assert lr_of[id(objective.aux_heads[1].input_norm.weight)] == (2.5e-4, 0.0)
-    assert not any(id(p) in lr_of for p in model.layers.parameters())
-    decayed, other = decay_split([model.resamplers])
-    assert id(model.resamplers['static'].latents) in {id(p) for p in other}
-    assert all(p.ndim == 2 for p in decayed)
-
-
-def test_lr_schedule():
-    assert [lr_factor(s, 4, 10, 'constant') for s in (0, 3, 4, 9)] == [0.25, 1.0, 1.0, 1.0]
-    assert lr_factor(4, 4, 10, 'cosine') == pytest.approx(1.0)
-    assert lr_factor(7, 4, 10, 'cosine') == pytest.approx(0.5)
-    assert lr_factor(10, 4, 10, 'cosine') == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize('state_weight', [0.0, 0.5])
@@ -180,7 +133,7 @@ def test_task_probe_trains_the_instruction_path_and_ignores_unknown_tasks(tokeni
     torch.manual_seed(0)
     config = small_config()
     config.decoder.tokenizer = tokenizer
-    objective = MultiExitObjective(DeerVLA(config), task_weight=1.0)
+    objective = MultiExitObjective(DeerVLA(config), task_weight=1.0, num_tasks=len(TASK_NAMES))
     objective.set_stage('joint')
     terms = _backward(objective)
     assert 'task' in terms and torch.isfinite(terms['task'])
