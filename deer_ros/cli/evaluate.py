@@ -5,16 +5,24 @@ Chains are a slice of the fixed, seeded list of 1000 (``--offset``,
 use disjoint slices of the same list. The policy is named as
 ``module:callable``, a picklable factory ``callable(env, **policy_kwargs) -> Policy``;
 ``expert`` runs the scripted expert through the same protocol.
+
+Each chain is appended to a results file as it ends (``--results``, by default
+``<output stem>.chains.jsonl`` beside ``--output``), so a killed run keeps what
+it finished and ``--resume`` continues it. A chain that fails (its policy
+raises, its worker dies) is recorded with the reason and the run goes on; the
+exit status is 1 if any did, after everything is written.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from deer_ros.benchmark.backends import BACKENDS, build_sim_factory, load_policy_factory
-from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, chains_digest, disjoint_subsets, generate_chains
-from deer_ros.benchmark.evaluation import SimFactory, evaluate
+from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
+from deer_ros.benchmark.evaluation import SimFactory, evaluate, run_settings
+from deer_ros.benchmark.results_file import ResultsFile
 from deer_ros.calvin_layout import EP_LEN
 from deer_ros.sim.layout import SCENES
 
@@ -42,20 +50,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--workers', type=int, default=1)
     parser.add_argument('--max-steps', type=int, default=EP_LEN, help='step budget per subtask')
     parser.add_argument('--output', type=Path, help='write the full report as JSON here')
+    parser.add_argument('--results', type=Path,
+                        help='append each chain here as it ends (JSON Lines; default: <output stem>.chains.jsonl '
+                             'beside --output, none without --output)')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue the run in the results file: its finished chains are kept, the others run '
+                             '(failed ones again); the settings must be those it was started with')
     parser.add_argument('--no-progress', action='store_true')
 
 
+def results_path(args: argparse.Namespace) -> Path | None:
+    """``--results``, else ``<output stem>.chains.jsonl`` beside ``--output``, else none."""
+    if args.results or not args.output:
+        return args.results
+    return args.output.with_name(f'{args.output.stem}.chains.jsonl')
+
+
 def run(args: argparse.Namespace) -> int:
+    path = results_path(args)
+    if args.resume and path is None:
+        raise SystemExit('--resume needs the results file to continue: give --results (or --output)')
     sim_factory, tasks = sim_factory_from_args(args)
     policy_factory = load_policy_factory(args.policy, args.policy_kwargs)
     all_chains = generate_chains(tasks, DEFAULT_NUM_CHAINS, args.chain_seed)
     [chains] = disjoint_subsets(all_chains, [args.num_chains], args.offset)
-    report = evaluate(chains, sim_factory, policy_factory, args.workers, args.max_steps, not args.no_progress)
+    settings = {'policy': args.policy, 'policy_kwargs': args.policy_kwargs, 'backend': args.backend,
+                'scene': args.scene, 'cameras': not args.no_cameras, 'offset': args.offset,
+                'chain_seed': args.chain_seed, **run_settings(chains, args.max_steps)}
+    try:
+        results = ResultsFile.open(path, settings, args.resume) if path else None
+    except FileExistsError as error:
+        raise SystemExit(f'{error} (--resume continues it)') from None
+    except ValueError as error:  # written with other settings, or not a results file
+        raise SystemExit(str(error)) from None
+    if results is not None and results.records:
+        print(f'resuming {path}: {len(results.records)} of {len(chains)} chains recorded')
+    try:
+        report = evaluate(chains, sim_factory, policy_factory, args.workers, args.max_steps, not args.no_progress,
+                          results)
+    except KeyboardInterrupt:
+        if results is None:
+            raise
+        print(f'\ninterrupted: the finished chains are in {path}; add --resume to continue', file=sys.stderr)
+        return 130
     print(report.format_table())
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        settings = {'policy': args.policy, 'policy_kwargs': args.policy_kwargs, 'backend': args.backend,
-                    'scene': args.scene, 'offset': args.offset, 'chain_seed': args.chain_seed,
-                    'max_steps': args.max_steps, 'chains_sha256': chains_digest(chains)}
         args.output.write_text(json.dumps({'settings': settings, **report.to_json()}, indent=1))
+    if report.failed:
+        print(f'{len(report.failed)} chains failed (reasons above); --resume runs them again', file=sys.stderr)
+        return 1
     return 0
