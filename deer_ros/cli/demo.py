@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--chains', type=int, default=3, help='number of 5-instruction chains')
     parser.add_argument('--sim', choices=('embedded', 'calvin'), default='embedded',
                         help='embedded pybullet simulator or the real calvin_env (installed separately)')
-    parser.add_argument('--calvin-dataset', default=None, help='--sim calvin: CALVIN split root')
+    parser.add_argument('--calvin-dataset', default=None,
+                        help="--sim calvin: CALVIN split root whose env config to use (default: the same config "
+                             "composed from calvin_env's conf/)")
     parser.add_argument('--max-steps', type=int, default=360, help='step budget per subtask (CALVIN: 360)')
     parser.add_argument('--timeout', type=float, default=3600.0, help='give up after this many seconds')
     parser.add_argument('--seed', type=int, default=0)
@@ -94,11 +96,23 @@ def run_synthetic(source: str, budget, steps: int, seed: int) -> int:
     return 0
 
 
+def check_calvin(calvin_dataset: str | None) -> None:
+    """What the bridge would fail on at start with calvin (no calvin_env, no dataset config), said before any
+    node starts rather than as an exit code of the bridge."""
+    from deer_ros.benchmark.backends import SIM_ERRORS, build_sim_factory
+    try:
+        build_sim_factory('calvin', calvin_dataset=Path(calvin_dataset) if calvin_dataset else None)
+    except SIM_ERRORS as error:
+        raise SystemExit(f'deer-ros demo --sim calvin: {error}') from None
+
+
 def run(args: argparse.Namespace) -> int:
     source = args.source or default_source()
     budget = _budget(args)
     if args.synthetic:
         return run_synthetic(source, budget, args.steps, args.seed)
+    if args.sim == 'calvin':
+        check_calvin(args.calvin_dataset)
     from deer_ros.cli.demo_ros import run_ros_chains
     overrides = {name: getattr(budget, name) or 0.0 for name in ('avg_gflops', 'peak_gflops', 'max_memory_mb')}
     return run_ros_chains(source, args.params_file, overrides, args.chains, args.max_steps, args.sim,

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from deer_ros.benchmark.backends import BACKENDS, build_sim_factory, load_policy_factory
+from deer_ros.benchmark.backends import BACKENDS, SIM_ERRORS, build_sim_factory, check_policy, load_policy_factory
 from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
 from deer_ros.benchmark.evaluation import SimFactory, evaluate, run_settings
 from deer_ros.benchmark.results_file import ResultsFile
@@ -30,9 +30,17 @@ DEER_DEFAULT_CHAINS = 224
 
 
 def sim_factory_from_args(args: argparse.Namespace) -> tuple[SimFactory, list[str]]:
-    """The simulator options of :func:`add_arguments` as a factory and the tasks its oracle judges."""
-    return build_sim_factory(args.backend, args.scene, cameras=not args.no_cameras,
-                             calvin_dataset=args.calvin_dataset, use_egl=args.use_egl)
+    """The simulator options of :func:`add_arguments` as a factory and the tasks its oracle judges.
+
+    Options the backend cannot honour (with the policy), a missing calvin_env or dataset config: refused with the
+    reason before anything runs.
+    """
+    try:
+        check_policy(args.policy, args.backend)
+        return build_sim_factory(args.backend, args.scene, cameras=not args.no_cameras,
+                                 calvin_dataset=args.calvin_dataset, use_egl=args.use_egl)
+    except SIM_ERRORS as error:
+        raise SystemExit(f'deer-ros evaluate --backend {args.backend}: {error}') from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--policy-kwargs', type=json.loads, default={}, help='JSON object passed to the policy factory')
     parser.add_argument('--backend', choices=BACKENDS, default='embedded')
     parser.add_argument('--scene', default='D', choices=sorted(SCENES))
-    parser.add_argument('--calvin-dataset', type=Path, help='CALVIN split root, for --backend calvin')
+    parser.add_argument('--calvin-dataset', type=Path,
+                        help="--backend calvin: CALVIN split root whose env config to use (default: the same config "
+                             "composed from calvin_env's conf/)")
     parser.add_argument('--use-egl', action='store_true', help='EGL rendering in calvin_env (default: CPU)')
     parser.add_argument('--no-cameras', action='store_true',
                         help='embedded env without rendering: only for policies that ignore images (the expert)')

@@ -59,10 +59,10 @@ STATS_DISCOVERY_GRACE_S = 5.0  # after the policy's actions are matched, how lon
 PARAMETERS = (
     ParamSpec('backend', 'embedded', 'Simulator: embedded (deer_ros.sim, pybullet on CPU) or calvin (the real '
               'calvin_env, installed separately).', read_only=True, choices=('embedded', 'calvin')),
-    ParamSpec('scene', 'D', 'Scene variant (A-D) of the embedded simulator and of chain start states.',
-              read_only=True, choices=tuple(sorted(SCENES))),
-    ParamSpec('calvin_dataset', '', 'calvin backend: CALVIN split root holding validation/.hydra/merged_config.yaml.',
-              read_only=True),
+    ParamSpec('scene', 'D', 'Scene variant (A-D) of the embedded simulator and of chain start states (the calvin '
+              'backend runs D only).', read_only=True, choices=tuple(sorted(SCENES))),
+    ParamSpec('calvin_dataset', '', 'calvin backend: CALVIN split root holding validation/.hydra/merged_config.yaml; '
+              "empty = the same env config composed from calvin_env's conf/.", read_only=True),
     ParamSpec('use_egl', False, 'calvin backend: render with EGL (GPU) instead of on the CPU.', read_only=True),
     ParamSpec('step_mode', 'lockstep', 'lockstep: step the simulator once per policy action (CALVIN protocol, '
               'independent of inference speed); fixed_rate: step at 30 Hz with the newest action or a hold.',
