@@ -60,7 +60,7 @@ def settings_for(source: str, budgets: list[float] | None, num_budgets: int) -> 
     settings = [Setting(f'static exit {k + 1}', 'static', Budget(peak_gflops=table.llm_gflops[k]))
                 for k in range(table.num_exits)]
     if budgets is None:
-        low, high = runtime.feasible_average()
+        low, high = runtime.thresholds.feasible_average()
         budgets = list(np.linspace(low, high, num_budgets + 2)[1:-1])
     deer = [Setting(f'DeeR {b:.4g}', 'deer', Budget(avg_gflops=float(b))) for b in budgets]
     # Full depth first, then DeeR, then the shallower static exits: an interrupted run keeps the headline rows.

@@ -1,9 +1,10 @@
 """Thresholds refined by Bayesian optimisation, stored beside the checkpoint.
 
 ``deer-ros refine`` tunes the offline thresholds of one average budget on
-simulator chains and records the best point here; :class:`PolicyRuntime`
-then uses it whenever exactly that budget (and the same cap and cost kind)
-is requested, and the offline solution otherwise. The checkpoint and its
+simulator chains and records the best point here; the live
+:class:`~deer_ros.budget.controller.ThresholdController` then uses it whenever
+exactly that budget (and the same cap and cost kind) is requested, and the
+offline solution otherwise. The checkpoint and its
 calibration file are never rewritten.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 REFINED_FILE = 'refined_thresholds.json'
 
@@ -64,5 +65,6 @@ def save_refined(path: str | Path, entry: RefinedEntry) -> Path:
     return path
 
 
-def find_refined(entries: list[RefinedEntry], avg_gflops: float | None, cap: int, cost_kind: str) -> RefinedEntry | None:
+def find_refined(entries: Sequence[RefinedEntry], avg_gflops: float | None, cap: int,
+                 cost_kind: str) -> RefinedEntry | None:
     return next((entry for entry in entries if entry.matches(avg_gflops, cap, cost_kind)), None)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from deer_ros.benchmark.evaluation import EmbeddedSim, evaluate
     from deer_ros.benchmark.tasks import SUPPORTED_TASKS
     from deer_ros.budget.bayes_opt import refine_thresholds
-    from deer_ros.budget.caps import Budget, solve_budget
+    from deer_ros.budget.caps import Budget
     from deer_ros.budget.refined import RefinedEntry, refined_path, save_refined
     from deer_ros.policy.chain_policy import ChainPolicyFactory
     from deer_ros.policy.runtime import PolicyRuntime
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     budget = Budget(avg_gflops=args.avg_gflops)
     runtime = PolicyRuntime(args.checkpoint, budget=budget)
     # The offline solution, not an earlier refinement of it: the search box (and a resumed state) stays the same.
-    offline = solve_budget(budget, runtime.cost_table, runtime.calibration, kind=runtime.cost_kind).criterion.thresholds
+    offline = runtime.thresholds.solve(budget, refined=False).criterion.thresholds
     [chains] = disjoint_subsets(generate_chains(list(SUPPORTED_TASKS), DEFAULT_NUM_CHAINS), [args.chains], args.offset)
 
     def rollouts(thresholds: np.ndarray) -> tuple[float, float]:
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     result = refine_thresholds(rollouts, offline, args.avg_gflops, state, n_calls=args.n_calls,
                                n_initial_points=args.initial_points, penalty=args.penalty, radius=args.radius,
                                seed=args.seed)
-    entry = RefinedEntry(avg_gflops=args.avg_gflops, cap=runtime.solution.cap, cost_kind=runtime.cost_kind,
+    entry = RefinedEntry(avg_gflops=args.avg_gflops, cap=runtime.thresholds.solution.cap,
+                         cost_kind=runtime.thresholds.cost_kind,
                          thresholds=tuple(float(t) for t in result.thresholds), average_length=result.success,
                          average_cost=result.cost,
                          tuning={'offset': args.offset, 'chains': args.chains, 'digest': chains_digest(chains),

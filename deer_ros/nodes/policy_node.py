@@ -35,7 +35,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from deer_ros.budget.caps import Budget
+from deer_ros.budget.caps import Budget, BudgetSolution
 from deer_ros.budget.exit_criterion import METRICS
 from deer_ros.budget.solver import BudgetError
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_TCP_POSE, ORN_SCALE, POS_SCALE, STATIC_CAMERA_SHAPE
@@ -169,6 +169,7 @@ class PolicyNode(Node):
                                      budget=budget_from(values), track_average=values['budget.track_average'],
                                      seed=values['seed'],
                                      warn=self.get_logger().warning)
+        self._solved: dict[Budget, BudgetSolution] = {}  # validated budgets: applied as solved, never re-solved
         ready_pose = ReadyPose(tuple(values['ready_pose.tcp'])) if values['ready_pose.enabled'] else None
         self.controller = PolicyController(DeerPolicy(self.runtime, ready_pose),
                                            max_input_age_s=values['max_input_age_s'],
@@ -303,14 +304,15 @@ class PolicyNode(Node):
             self.action_pub.publish(arm_action_msg(hold, header, hold=True))
             self.twist_pub.publish(twist_msg(hold, header, self.rate_hz))
 
-    # ---- parameters: validate without side effects, then apply
+    # ---- parameters: validate (a budget is solved here, once), then apply what was validated
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         problem = check_values(PARAMETERS, parameters)
         if problem is None and any(p.name in BUDGET_PARAMETERS for p in parameters):
             values = {name: self.get_parameter(name).value for name in BUDGET_PARAMETERS}
             values.update({p.name: p.value for p in parameters if p.name in BUDGET_PARAMETERS})
+            budget = budget_from(values)
             try:
-                self.runtime.solve(budget_from(values))
+                self._solved[budget] = self.runtime.thresholds.solve(budget)
             except BudgetError as error:
                 problem = f'budget rejected: {error}'
         return SetParametersResult(successful=problem is None, reason=problem or '')
@@ -326,13 +328,15 @@ class PolicyNode(Node):
         if 'frame_id' in changed:
             self.frame_id = changed['frame_id']
         if 'budget.track_average' in changed:
-            self.runtime.set_average_tracking(bool(changed['budget.track_average']))
+            self.runtime.thresholds.set_tracking(bool(changed['budget.track_average']))
             self.get_logger().info(f"average-budget tracking {'on' if changed['budget.track_average'] else 'off'}: "
                                    f'{self.runtime.describe()}')
         if any(name in BUDGET_PARAMETERS for name in changed):
             budget = budget_from({name: self.get_parameter(name).value for name in BUDGET_PARAMETERS})
+            solution = self._solved.pop(budget)  # solved by _validate_parameters for exactly these values
+            self._solved.clear()  # what a later set validates is solved again for it
             try:
-                self.runtime.apply(budget)
+                self.runtime.apply(budget, solution)
             except Exception as error:  # noqa: BLE001 - validated, but a reload can still fail (checkpoint gone)
                 self.get_logger().error(f'budget {budget} validated but not applied ({error}); '
                                         f'still in force: {self.runtime.describe()}')

@@ -68,7 +68,7 @@ class ChainPolicyFactory:
         policy = DeerPolicy.from_pretrained(self.source, device=self.device, budget=self.budget,
                                             track_average=self.track_average, ready_pose=self.ready_pose)
         if self.thresholds is not None:
-            policy.runtime.use_thresholds(np.asarray(self.thresholds))
+            policy.runtime.thresholds.use_thresholds(self.thresholds)
         return ChainPolicy(policy)
 
 

@@ -1,25 +1,27 @@
-"""The policy as a node runs it, without ROS: model, cost table, calibration, live budgets, steps.
+"""The policy as a node runs it, without ROS: model loading, the live cap, steps.
 
 A plain class so the node stays a thin adapter and everything that decides
-what the robot does is tested without DDS. Budgets are solved against the
-*full* model (its cost table and calibration as loaded), so lowering and then
-raising a cap round-trips: lowering truncates the live model, raising reloads
-the layers from the source. A config name (no checkpoint) builds a model with
-seeded random init, so a reload rebuilds the same weights.
+what the robot does is tested without DDS. The thresholds -- budgets solved,
+explicit ones, closed-loop tracking of the average budget -- belong to
+:class:`~deer_ros.budget.controller.ThresholdController` (``runtime.thresholds``);
+this class fits the model to the cap of the solution in force: lowering a
+cap truncates the live model, raising it reloads the layers from the source.
+A config name (no checkpoint) builds a model with seeded random init, so a
+reload rebuilds the same weights.
+
+A budget change is one solve and one apply::
+
+    solution = runtime.thresholds.solve(budget)   # pure; raises BudgetError with the feasible range
+    runtime.apply(budget, solution)                # the model fits solution.cap, then it is in force
 
 Thread safety: :meth:`step`, :meth:`reset` and the swap inside :meth:`apply`
-share one lock, so a budget change lands between two steps, never inside
-one. A reload is built outside that lock; the control loop keeps running on
-the old model until the new one is ready.
-
-With ``track_average`` the average budget is met in closed loop, not only on
-the calibration data: :class:`~deer_ros.budget.tracking.AverageBudgetTracker`
-corrects the target the thresholds are solved for from the realised step
-costs (re-solving takes milliseconds and happens every 25 steps).
+share one lock, and a step reads the thresholds in force once at its start,
+so a budget change lands between two steps, never inside one. A reload is
+built outside that lock; the control loop keeps running on the old model
+until the new one is ready.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -31,12 +33,11 @@ import torch
 from deer_ros.benchmark.dataset import Window
 from deer_ros.benchmark.language import TASK_LANGUAGE
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
-from deer_ros.budget.caps import Budget, BudgetSolution, CostKind, exit_costs, solve_budget
+from deer_ros.budget.caps import Budget, BudgetSolution, CostKind
 from deer_ros.budget.collect import collect_calibration
-from deer_ros.budget.exit_criterion import ExitCriterion, check_metric
-from deer_ros.budget.refined import find_refined, load_refined, refined_path
-from deer_ros.budget.solver import BudgetError, feasible_range
-from deer_ros.budget.tracking import AverageBudgetTracker
+from deer_ros.budget.controller import ThresholdController
+from deer_ros.budget.exit_criterion import check_metric
+from deer_ros.budget.refined import load_refined, refined_path
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, ROBOT_OBS_DIM, STATIC_CAMERA_SHAPE
 from deer_ros.model import DeerConfig, DeerVLA, load_config, load_model
 from deer_ros.model.cost import CostTable
@@ -87,7 +88,12 @@ def synthetic_calibration(model: DeerVLA, metric: str = 'rms', *, windows: int =
 
 
 class PolicyRuntime:
-    """Load a DeeR model, keep a budget in force, and step it.
+    """Load a DeeR model, fit it to the cap in force, and step it under the thresholds in force.
+
+    Every threshold decision (solving, explicit thresholds, tracking, refined
+    entries) belongs to :attr:`thresholds`, a
+    :class:`~deer_ros.budget.controller.ThresholdController`; this class owns
+    the model and its cap.
 
     Args:
         source: a checkpoint directory (``config.json`` + ``model.safetensors``)
@@ -98,7 +104,8 @@ class PolicyRuntime:
             paper's unit) or ``total`` (vision + decoder + heads).
         budget: the budget in force from the start.
         track_average: steer the average budget's solver target from the
-            realised costs so the request is met in closed loop (see module doc).
+            realised costs so the request is met in closed loop
+            (:mod:`deer_ros.budget.tracking`).
         seed: random-init seed for config sources and for synthetic calibration.
         warn: where start-up warnings go (the node passes its logger).
     """
@@ -110,32 +117,30 @@ class PolicyRuntime:
         self.source = source
         self.checkpoint = Path(source) if Path(source).is_dir() else None
         self.device = device
-        self.cost_kind: CostKind = cost_kind
         self._seed = seed
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
         self.config = self._config()
         self.cost_table: CostTable = cost_table_for(self.config)
-        self.refined = load_refined(refined_path(self.checkpoint)) if self.checkpoint is not None else []
-        self.calibration = self._calibration_file(metric)
-        self.calibration_source = str(calibration_path(self.checkpoint)) if self.calibration else 'synthetic'
-        if self.calibration is None:
+        calibration = self._calibration_file(metric)
+        self.calibration_source = str(calibration_path(self.checkpoint)) if calibration is not None else 'synthetic'
+        model = None
+        if calibration is None:
             model = self._load(self.config.num_exits)
             warn(f'no calibration file for {self.source}: collecting consistency values on random images; '
                  'average-GFLOPs budgets will be approximate on real data (run `deer-ros calibrate`)')
-            self.calibration = synthetic_calibration(model, metric, seed=seed)
-            solution = self.solve(budget)
-            model.truncate(solution.cap + 1)
-        else:
-            solution = self.solve(budget)
+            calibration = synthetic_calibration(model, metric, seed=seed)
+        refined = load_refined(refined_path(self.checkpoint)) if self.checkpoint is not None else []
+        self.thresholds = ThresholdController(self.cost_table, calibration, cost_kind=cost_kind, refined=refined,
+                                              budget=budget, track_average=track_average)
+        solution = self.thresholds.solution
+        if model is None:
             model = self._load(solution.cap + 1)
+        else:
+            model.truncate(solution.cap + 1)
         self.instruction_encoder = InstructionEncoder(self.config.decoder)
         self._policy = EarlyExitPolicy(model, solution.criterion, self.cost_table.truncated(solution.cap + 1),
                                        self.instruction_encoder)
-        self.budget = budget
-        self.solution = solution
-        self.track_average = track_average
-        self._tracker = self._new_tracker()
 
     # ---- loading
     def _config(self) -> DeerConfig:
@@ -165,100 +170,31 @@ class PolicyRuntime:
                              f'not {metric!r}: set exit_metric to {data.metric!r} or re-run calibration')
         return data
 
-    # ---- budgets
+    # ---- the cap
     @property
     def num_exits(self) -> int:
         """Exits the live model has (cap + 1)."""
         return self._policy.num_exits
 
-    def solve(self, budget: Budget) -> BudgetSolution:
-        """Cap and thresholds for ``budget`` on the full model; no side effects.
+    def apply(self, budget: Budget, solution: BudgetSolution) -> None:
+        """Put ``solution`` (``thresholds.solve(budget)``) in force: truncate for a lower cap, reload for a higher.
 
-        Thresholds refined by ``deer-ros refine`` for exactly this budget replace
-        the offline ones.
-
-        Raises:
-            BudgetError: an infeasible budget; the message gives the feasible range.
-        """
-        solution = solve_budget(budget, self.cost_table, self.calibration, kind=self.cost_kind)
-        refined = find_refined(self.refined, budget.avg_gflops, solution.cap, self.cost_kind)
-        if refined is None:
-            return solution
-        criterion = ExitCriterion(np.asarray(refined.thresholds), self.calibration.metric)
-        return dataclasses.replace(solution, criterion=criterion)
-
-    def use_thresholds(self, thresholds: np.ndarray) -> None:
-        """Run the live cap with explicit thresholds (threshold search); the next budget change replaces them.
-
-        Tracking pauses until then: it would move the thresholds under test.
-        """
-        with self._lock:
-            self._tracker = None
-            criterion = ExitCriterion(np.asarray(thresholds, dtype=np.float64), self.calibration.metric)
-            self._policy.set_criterion(criterion)
-            self.solution = dataclasses.replace(self.solution, criterion=criterion)
-
-    def apply(self, budget: Budget) -> BudgetSolution:
-        """Put ``budget`` in force: truncate for a lower cap, reload for a higher one, else swap thresholds.
-
-        A reload restarts the step history (the new model has no LSTM state).
+        No second solve: what was validated is what runs. A reload is built
+        outside the step lock and restarts the step history (the new model
+        has no LSTM state).
         """
         with self._apply_lock:
-            solution = self.solve(budget)
             num_exits = solution.cap + 1
             replacement = None
             if num_exits > self.num_exits:
-                model = self._load(num_exits)
-                replacement = EarlyExitPolicy(model, solution.criterion, self.cost_table.truncated(num_exits),
-                                              self.instruction_encoder)
+                replacement = EarlyExitPolicy(self._load(num_exits), solution.criterion,
+                                              self.cost_table.truncated(num_exits), self.instruction_encoder)
             with self._lock:
                 if replacement is not None:
                     self._policy = replacement
                 elif num_exits < self.num_exits:
                     self._policy.set_num_exits(num_exits, solution.criterion)
-                else:
-                    self._policy.set_criterion(solution.criterion)
-                self.budget, self.solution = budget, solution
-                self._tracker = self._new_tracker()
-            return solution
-
-    def set_average_tracking(self, enabled: bool) -> None:
-        """Turn closed-loop tracking of the average budget on or off (off: the offline solve is in force)."""
-        with self._apply_lock, self._lock:
-            self.track_average = enabled
-            if not enabled and self._tracker is not None:
-                self.solution = self.solve(self.budget)
-                self._policy.set_criterion(self.solution.criterion)
-            self._tracker = self._new_tracker()
-
-    def _new_tracker(self) -> AverageBudgetTracker | None:
-        """A tracker for the budget in force; none when off, without an average budget, or for refined thresholds.
-
-        Thresholds from ``deer-ros refine`` were tuned in closed loop for exactly this budget: they stay as found.
-        """
-        if not self.track_average or self.budget.avg_gflops is None:
-            return None
-        if find_refined(self.refined, self.budget.avg_gflops, self.solution.cap, self.cost_kind) is not None:
-            return None
-        return AverageBudgetTracker(self.budget.avg_gflops, self.feasible_average())
-
-    def _track(self, info: ExitInfo) -> None:
-        """Feed one step's cost to the tracker; re-solve for its new target when it moved (lock held)."""
-        assert self._tracker is not None
-        target = self._tracker.record(info.llm_gflops if self.cost_kind == 'llm' else info.total_gflops)
-        if target is None:
-            return
-        try:
-            solution = solve_budget(dataclasses.replace(self.budget, avg_gflops=target), self.cost_table,
-                                    self.calibration, kind=self.cost_kind)
-        except BudgetError:  # the target is clamped to the feasible range; keep the thresholds if an edge slips out
-            return
-        self._policy.set_criterion(solution.criterion)
-        self.solution = solution
-
-    def feasible_average(self) -> tuple[float, float]:
-        """Average GFLOPs the exit rule can realise under the live peak/memory cap."""
-        return feasible_range(exit_costs(self.cost_table, self.cost_kind)[:self.solution.cap + 1])
+                self.thresholds.put_in_force(budget, solution)
 
     # ---- control
     def reset(self) -> None:
@@ -269,25 +205,12 @@ class PolicyRuntime:
     def step(self, observation: Observation, instruction: str) -> tuple[Action, ExitInfo]:
         """One policy step; raises ``ValueError`` (bad input) or ``NonFiniteActionError`` like the policy."""
         with self._lock:
+            solution = self.thresholds.solution
+            self._policy.set_criterion(solution.criterion)
             action, info = self._policy.step(observation, instruction)
-            if self._tracker is not None:
-                self._track(info)
+            self.thresholds.record(solution, llm_gflops=info.llm_gflops, total_gflops=info.total_gflops)
             return action, info
 
     def describe(self) -> dict[str, str]:
-        """Budget in force, cap and thresholds as strings, for diagnostics."""
-        solution = self.solution
-        described = {key: ('off' if value is None else f'{value:g}')
-                     for key, value in dataclasses.asdict(self.budget).items()}
-        described.update({
-            'cost_kind': self.cost_kind,
-            'exits allowed': f'{solution.cap + 1} of {self.cost_table.num_exits}',
-            'thresholds': ', '.join(f'{t:.4g}' for t in solution.criterion.thresholds),
-            'calibration': self.calibration_source,
-        })
-        if solution.average is not None:
-            described['calibration avg GFLOPs'] = f'{solution.average.realised_cost:.4g}'
-        tracker = self._tracker
-        described['avg tracking'] = 'off' if tracker is None else (
-            f'solver target {tracker.target:.4g}, realised {tracker.realised:.4g} over {tracker.steps} steps')
-        return described
+        """Budget in force, cap, thresholds, tracking and calibration source as strings, for diagnostics."""
+        return {**self.thresholds.describe(), 'calibration': self.calibration_source}

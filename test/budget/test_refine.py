@@ -34,15 +34,17 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def test_runtime_uses_refined_thresholds_only_for_their_budget(checkpoint: Path, tmp_path: Path) -> None:
     runtime = PolicyRuntime(checkpoint, budget=Budget(avg_gflops=0.2))
-    offline = runtime.solution.criterion.thresholds
+    offline = runtime.thresholds.solution.criterion.thresholds
     refined = offline.copy()
     refined[1:-1] = offline[1:-1] * 1.5
-    save_refined(refined_path(checkpoint), RefinedEntry(0.2, runtime.solution.cap, 'llm', tuple(refined), 1.0, 0.2))
+    cap = runtime.thresholds.solution.cap
+    save_refined(refined_path(checkpoint), RefinedEntry(0.2, cap, 'llm', tuple(refined), 1.0, 0.2))
     try:
         reloaded = PolicyRuntime(checkpoint, budget=Budget(avg_gflops=0.2), track_average=True)
-        np.testing.assert_allclose(reloaded.solution.criterion.thresholds, refined)
+        np.testing.assert_allclose(reloaded.thresholds.solution.criterion.thresholds, refined)
         assert reloaded.describe()['avg tracking'] == 'off'  # tuned in closed loop already: never re-solved
-        other = reloaded.apply(Budget(avg_gflops=0.25))
+        other = reloaded.thresholds.solve(Budget(avg_gflops=0.25))
+        reloaded.apply(Budget(avg_gflops=0.25), other)
         assert not np.allclose(other.criterion.thresholds[1:-1], refined[1:-1])
         assert reloaded.describe()['avg tracking'].startswith('solver target')  # no refined entry for 0.25
     finally:

@@ -79,7 +79,7 @@ def test_runtime_meets_the_average_budget_on_observations_unlike_its_calibration
     frames = [Observation(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
                           rng.integers(0, 256, (84, 84, 3), dtype=np.uint8), rng.normal(size=15) * 0.1)
               for _ in range(8)]
-    low, high = PolicyRuntime(resolve_checkpoint('tiny')).feasible_average()
+    low, high = PolicyRuntime(resolve_checkpoint('tiny')).thresholds.feasible_average()
     requested = low + 0.4 * (high - low)
     error = {}
     for track in (False, True):

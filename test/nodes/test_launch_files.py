@@ -36,13 +36,6 @@ def _declared(specs) -> set[str]:
     return {spec.name for spec in specs} | {'use_sim_time'}
 
 
-def _flatten(tree: dict, prefix: str = '') -> set[str]:
-    names = set()
-    for key, value in tree.items():
-        names |= _flatten(value, f'{prefix}{key}.') if isinstance(value, dict) else {prefix + key}
-    return names
-
-
 @pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda path: path.name)
 def test_launch_file_starts_existing_executables_with_declared_parameters(path):
     tree = ast.parse(path.read_text(), str(path))
@@ -63,10 +56,24 @@ def test_policy_launch_overrides_name_policy_parameters():
     assert {value.elts[0].value for value in overrides.values} <= _declared(policy_node.PARAMETERS)
 
 
-def test_params_file_sets_exactly_the_declared_parameters():
+def _flat_values(tree: dict, prefix: str = '') -> dict[str, object]:
+    """Nested YAML keys joined with dots, as ROS names the parameters."""
+    values: dict[str, object] = {}
+    for key, value in tree.items():
+        values.update(_flat_values(value, f'{prefix}{key}.') if isinstance(value, dict) else {prefix + key: value})
+    return values
+
+
+def test_params_file_only_overrides_declared_parameters():
+    """config/deer.yaml sets declared parameters (a typo fails here, not silently on a robot) to non-defaults."""
     config = yaml.safe_load((ROOT / 'config' / 'deer.yaml').read_text())
-    for node_name, specs in NODES.values():
-        assert _flatten(config[node_name]['ros__parameters']) == {spec.name for spec in specs}, node_name
+    nodes = dict(NODES.values())
+    assert set(config) <= set(nodes)
+    for node_name, section in config.items():
+        defaults = {spec.name: spec.default for spec in nodes[node_name]}
+        values = _flat_values(section['ros__parameters'])
+        assert set(values) <= set(defaults), f'{node_name}: undeclared {set(values) - set(defaults)}'
+        assert all(value != defaults[name] for name, value in values.items()), f'{node_name}: a default repeated'
 
 
 @pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda path: path.name)

@@ -15,8 +15,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
+from deer_ros.budget.caps import Budget
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_TCP_POSE, STATIC_CAMERA_SHAPE
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
+from deer_ros.nodes.policy_node import PolicyNode
 
 POLICY = 'deer_ros.nodes.policy_node'
 STARTUP_S = 120.0  # torch + transformers imports on 2 shared cores
@@ -236,3 +238,35 @@ def test_an_infeasible_start_up_budget_stops_the_node_with_the_reason(start_node
     assert wait_for(lambda: not node.running(), STARTUP_S), node.log
     assert node.stop() == 1
     assert 'cannot start: average budget 1e-06 is infeasible: the feasible range is [' in node.log
+
+
+def test_a_budget_change_is_solved_once_and_that_solution_is_put_in_force(rclpy_context, tiny_checkpoint):
+    """In process: ``node.set_parameters`` runs the callbacks a ``ros2 param set`` runs (validate, then apply)."""
+    node = PolicyNode(context=rclpy_context, parameter_overrides=[Parameter('checkpoint', value=str(tiny_checkpoint))])
+    try:
+        thresholds = node.runtime.thresholds
+        solve, solved, solutions = thresholds.solve, [], []
+
+        def counted_solve(budget: Budget, **kwargs) -> object:
+            solved.append(budget)
+            solutions.append(solve(budget, **kwargs))
+            return solutions[-1]
+
+        thresholds.solve = counted_solve  # the real solve, counted
+        low, high = thresholds.feasible_average()
+        budget = Budget(avg_gflops=(low + high) / 2)
+        [result] = node.set_parameters([Parameter('budget.avg_gflops', value=budget.avg_gflops)])
+        assert result.successful and solved == [budget]
+        assert thresholds.solution is solutions[0] and thresholds.budget == budget  # the validated object runs
+
+        capped = Budget(peak_gflops=node.runtime.cost_table.llm_gflops[2])
+        result = node.set_parameters_atomically([Parameter('budget.avg_gflops', value=0.0),
+                                                 Parameter('budget.peak_gflops', value=capped.peak_gflops)])
+        assert result.successful and solved == [budget, capped]
+        assert thresholds.solution is solutions[1] and thresholds.budget == capped and node.runtime.num_exits == 3
+
+        [rejected] = node.set_parameters([Parameter('budget.avg_gflops', value=high * 2)])
+        assert not rejected.successful and 'feasible range' in rejected.reason and len(solved) == 3
+        assert thresholds.solution is solutions[1] and node.runtime.num_exits == 3  # nothing applied
+    finally:
+        node.destroy_node()

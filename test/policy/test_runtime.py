@@ -9,7 +9,7 @@ import pytest
 from policy_driver import random_frame
 
 from deer_ros.budget.calibration import CalibrationData, CalibrationFileError, calibration_path
-from deer_ros.budget.caps import Budget, param_memory_mb
+from deer_ros.budget.caps import Budget, BudgetSolution, param_memory_mb
 from deer_ros.budget.solver import BudgetError
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
 from deer_ros.model import load_config
@@ -30,6 +30,13 @@ def _episode(runtime: PolicyRuntime) -> tuple[np.ndarray, list[int]]:
     return np.array([action.pose for action, _ in steps]), [info.exit_index for _, info in steps]
 
 
+def _set_budget(runtime: PolicyRuntime, budget: Budget) -> BudgetSolution:
+    """Solve once, apply that solution (as the node does)."""
+    solution = runtime.thresholds.solve(budget)
+    runtime.apply(budget, solution)
+    return solution
+
+
 def test_checkpoint_cap_lowered_live_and_raised_by_reload(tiny_checkpoint):
     warnings: list[str] = []
     runtime = PolicyRuntime(tiny_checkpoint, warn=warnings.append)
@@ -38,12 +45,12 @@ def test_checkpoint_cap_lowered_live_and_raised_by_reload(tiny_checkpoint):
     assert full_exits == [5, 5, 5]  # no budget: every step runs to the last exit
 
     peak = runtime.cost_table.llm_gflops[2]
-    solution = runtime.apply(Budget(peak_gflops=peak))
+    solution = _set_budget(runtime, Budget(peak_gflops=peak))
     assert solution.cap == 2 and runtime.num_exits == 3
     _, capped_exits = _episode(runtime)
     assert capped_exits == [2, 2, 2]
 
-    runtime.apply(Budget())  # raising the cap reloads the dropped layers from the checkpoint
+    _set_budget(runtime, Budget())  # raising the cap reloads the dropped layers from the checkpoint
     assert runtime.num_exits == 6
     poses, exits = _episode(runtime)
     np.testing.assert_allclose(poses, full_poses, atol=1e-6)
@@ -57,28 +64,28 @@ def test_config_source_rebuilds_identical_weights_after_a_memory_cap():
     assert runtime.calibration_source == 'synthetic'
     full_poses, _ = _episode(runtime)
     memory = param_memory_mb(runtime.cost_table)
-    runtime.apply(Budget(max_memory_mb=float(memory[1]) + 1e-3))
+    _set_budget(runtime, Budget(max_memory_mb=float(memory[1]) + 1e-3))
     assert runtime.num_exits == 2
-    runtime.apply(Budget())
+    _set_budget(runtime, Budget())
     np.testing.assert_allclose(_episode(runtime)[0], full_poses, atol=1e-6)
 
 
 def test_solve_reports_the_feasible_range_and_changes_nothing(tiny_checkpoint):
     runtime = PolicyRuntime(tiny_checkpoint)
-    low, high = runtime.feasible_average()
+    low, high = runtime.thresholds.feasible_average()
     costs = runtime.cost_table.llm_gflops
     assert (low, high) == (costs[1], costs[-1])
-    before = runtime.solution
+    before = runtime.thresholds.solution
     with pytest.raises(BudgetError, match=r'feasible range is \['):
-        runtime.solve(Budget(avg_gflops=high * 2))
+        runtime.thresholds.solve(Budget(avg_gflops=high * 2))
     with pytest.raises(BudgetError, match='feasible memory MB limits are >='):
-        runtime.solve(Budget(max_memory_mb=1e-3))
+        runtime.thresholds.solve(Budget(max_memory_mb=1e-3))
     with pytest.raises(BudgetError, match='capped at exit 1'):  # average infeasible under a peak cap
-        runtime.solve(Budget(avg_gflops=high * 0.9, peak_gflops=costs[1]))
-    assert runtime.solution is before and runtime.num_exits == 6
+        runtime.thresholds.solve(Budget(avg_gflops=high * 0.9, peak_gflops=costs[1]))
+    assert runtime.thresholds.solution is before and runtime.num_exits == 6
 
-    solution = runtime.apply(Budget(avg_gflops=(low + high) / 2))
-    assert runtime.solution is solution and solution.average is not None
+    solution = _set_budget(runtime, Budget(avg_gflops=(low + high) / 2))
+    assert runtime.thresholds.solution is solution and solution.average is not None
     assert abs(solution.average.realised_cost - (low + high) / 2) <= 0.02 * (low + high) / 2
     assert runtime.describe()['avg_gflops'] == f'{(low + high) / 2:g}'
 
@@ -105,3 +112,17 @@ def test_a_proprioceptive_model_steps_only_with_the_robot_state(tmp_path):
     assert np.all(np.abs(action.pose) <= 1.0)
     with pytest.raises(ValueError, match='needs proprioception'):
         runtime.step(Observation(*images), 'open the drawer')
+
+def test_every_step_runs_under_the_thresholds_the_controller_has_in_force(tiny_checkpoint):
+    runtime = PolicyRuntime(tiny_checkpoint)
+    low, high = runtime.thresholds.feasible_average()
+    solution = _set_budget(runtime, Budget(avg_gflops=(low + high) / 2))
+    [observation] = _observations(1)
+    _, info = runtime.step(observation, 'open the drawer')
+    np.testing.assert_array_equal(info.thresholds, solution.criterion.thresholds)
+
+    explicit = np.array([np.inf, -np.inf, -np.inf, -np.inf, -np.inf, np.inf])  # never stop before the last exit
+    runtime.thresholds.use_thresholds(explicit)
+    _, info = runtime.step(observation, 'open the drawer')
+    assert info.exit_index == 5
+    np.testing.assert_array_equal(info.thresholds, explicit)

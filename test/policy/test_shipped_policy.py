@@ -16,6 +16,7 @@ import yaml
 from deer_ros.budget.calibration import calibration_path
 from deer_ros.budget.caps import Budget, exit_costs
 from deer_ros.cli.demo import default_source
+from deer_ros.nodes.policy_node import PARAMETERS
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.resources import config_dir, resolve_checkpoint, shipped_policies
 
@@ -29,8 +30,8 @@ def runtime() -> PolicyRuntime:
 
 def _realised(runtime: PolicyRuntime, avg_gflops: float) -> float:
     """Average LLM GFLOPs when the solved exit rule runs over the calibration rows."""
-    solution = runtime.solve(Budget(avg_gflops=avg_gflops))
-    exits = solution.criterion.select_exits(runtime.calibration.values)
+    solution = runtime.thresholds.solve(Budget(avg_gflops=avg_gflops))
+    exits = solution.criterion.select_exits(runtime.thresholds.calibration.values)
     return float(exit_costs(runtime.cost_table)[exits].mean())
 
 
@@ -46,12 +47,12 @@ def test_the_package_ships_the_default_policy_complete_and_small() -> None:
 
 def test_runtime_uses_the_shipped_calibration_not_a_synthetic_one(runtime: PolicyRuntime) -> None:
     assert runtime.calibration_source == str(calibration_path(runtime.checkpoint))
-    assert runtime.calibration.num_samples >= 200
-    assert 'synthetic' not in json.dumps(runtime.calibration.metadata)
+    assert runtime.thresholds.calibration.num_samples >= 200
+    assert 'synthetic' not in json.dumps(runtime.thresholds.calibration.metadata)
 
 
 def test_budgets_over_the_feasible_range_are_met_within_two_percent(runtime: PolicyRuntime) -> None:
-    low, high = runtime.feasible_average()
+    low, high = runtime.thresholds.feasible_average()
     realised = []
     for budget in np.linspace(low, high, 8):
         realised.append(_realised(runtime, budget))
@@ -61,7 +62,8 @@ def test_budgets_over_the_feasible_range_are_met_within_two_percent(runtime: Pol
 
 def test_the_default_params_file_budget_is_feasible_and_met(runtime: PolicyRuntime) -> None:
     params = yaml.safe_load((config_dir() / 'deer.yaml').read_text())['deer_policy']['ros__parameters']
-    assert params['checkpoint'] == 'tiny'
+    default_checkpoint = next(spec.default for spec in PARAMETERS if spec.name == 'checkpoint')
+    assert params.get('checkpoint', default_checkpoint) == 'tiny'  # the file overrides only what differs
     budget = params['budget']['avg_gflops']
     assert budget > 0, 'config/deer.yaml should run the shipped policy under an average budget'
     assert _realised(runtime, budget) == pytest.approx(budget, rel=0.02)
