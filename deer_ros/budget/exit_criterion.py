@@ -6,7 +6,8 @@ Exit 0 has no predecessor the action head was trained on, so it is never
 chosen by the rule: the first decision happens at exit 1 (upstream DeeR
 compares exit 0 against layer-1 features the head never saw). Exit 0 is
 executed only when the model is capped to a single exit. The gripper is not
-part of the difference, as in the paper.
+part of the difference, as in the paper. Imported DeeR-VLA checkpoints keep
+upstream's rule (``first_exit_checked``): their thresholds were solved with it.
 
 Threshold values: ``inf`` means "always stop once this exit is reached" (the
 last allowed exit gets it), ``-inf`` means "never stop here" (an exit the
@@ -55,15 +56,17 @@ def exit_consistency(poses: np.ndarray, metric: str = 'rms') -> np.ndarray:
     return np.concatenate([first, METRICS[metric](poses[..., 1:, :], poses[..., :-1, :])], axis=-1)
 
 
-def first_exits(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+def first_exits(values: np.ndarray, thresholds: np.ndarray, first_exit_checked: bool = False) -> np.ndarray:
     """Exit chosen by the rule for every row of a consistency matrix.
 
-    Row i stops at the first k >= 1 with ``values[i, k] <= thresholds[k]``, else
-    at the last exit. With a single exit, every row stops at exit 0.
+    Row i stops at the first k >= 1 (k >= 0 with ``first_exit_checked``) with
+    ``values[i, k] <= thresholds[k]``, else at the last exit. With a single
+    exit, every row stops at exit 0.
 
     Args:
-        values: ``(N, num_exits)`` consistency values (column 0 is ignored).
+        values: ``(N, num_exits)`` consistency values (column 0 is ignored unless ``first_exit_checked``).
         thresholds: ``(num_exits,)`` per-exit thresholds.
+        first_exit_checked: exit 0 is decided too (upstream DeeR's rule).
     Returns:
         ``(N,)`` int exit indices.
     """
@@ -71,9 +74,10 @@ def first_exits(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     last = values.shape[1] - 1
     if last == 0:
         return np.zeros(values.shape[0], dtype=np.int64)
-    stops = values[:, 1:] <= np.asarray(thresholds)[1:]
+    first = 0 if first_exit_checked else 1
+    stops = values[:, first:] <= np.asarray(thresholds)[first:]
     stops[:, -1] = True
-    return np.argmax(stops, axis=1) + 1
+    return np.argmax(stops, axis=1) + first
 
 
 @dataclass
@@ -82,10 +86,15 @@ class ExitCriterion:
 
     ``inf`` = always stop at this exit, ``-inf`` = never stop here; finite
     thresholds must be >= 0 because every metric is >= 0.
+    ``first_exit_checked``: exit 0 is decided too, from its difference with
+    the action read one layer before it (upstream DeeR's rule, which the
+    thresholds of its checkpoints assume); the policy then asks the model for
+    that reference.
     """
 
     thresholds: np.ndarray
     metric: str = 'rms'
+    first_exit_checked: bool = False
     _distance: Callable[[np.ndarray, np.ndarray], np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +127,7 @@ class ExitCriterion:
 
     def should_exit(self, exit_index: int, consistency: float) -> bool:
         """True when the step may stop at ``exit_index`` given its consistency value."""
-        if exit_index == 0:
+        if exit_index == 0 and not self.first_exit_checked:
             return False
         return bool(consistency <= self.thresholds[exit_index])
 
@@ -127,4 +136,4 @@ class ExitCriterion:
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] != self.num_exits:
             raise ValueError(f'values must have shape (N, {self.num_exits}), got {values.shape}')
-        return first_exits(values, self.thresholds)
+        return first_exits(values, self.thresholds, self.first_exit_checked)

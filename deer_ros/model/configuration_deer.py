@@ -94,9 +94,11 @@ class HeadConfig:
     ``history_window``: steps the LSTM sees at run time (the current one
     included). Training unrolls the LSTM over windows of this many frames from
     a zero state, so inference replays the last ``history_window`` chosen exit
-    features from a zero state too, as RoboFlamingo and DeeR do; carrying the
-    state over a whole episode would feed the head histories far longer than
-    any it was trained on. ``deer-ros train`` writes its ``--window`` here.
+    features from a zero state too, as RoboFlamingo does (``refresh_window``);
+    carrying the state over a whole episode would feed the head histories far
+    longer than any it was trained on. Upstream DeeR does carry it through a
+    subtask (window 1, "to save flops"): the ``deer-vla-*`` configs do the same
+    (``head.history: carry``). ``deer-ros train`` writes its ``--window`` here.
     """
 
     lstm_hidden_size: int = 128

@@ -2,8 +2,10 @@
 
 Each part of one control step (batch 1) runs once under ``FlopCounterMode``:
 both cameras' vision encoders + resamplers, the decoder group by group up to
-every exit, one action-head step and the replay of the remembered step
-history through the LSTM. Counting works on the meta device too,
+every exit, one action-head step and the per-step head work paid whatever the
+exit: the replay of the remembered step history through the LSTM (window
+mode), or for DeeR-VLA's carried state only the head pass on the reference
+layer of upstream's first-exit rule. Counting works on the meta device too,
 so the paper-sized config is counted without allocating its weights.
 Results are cached in memory and on disk, keyed by the config fingerprint
 and a hash of the modeling and counting code, so a code change that moves
@@ -27,7 +29,8 @@ from deer_ros.calvin_layout import ROBOT_OBS_DIM
 
 from .configuration_deer import DeerConfig
 from .cost import CostTable
-from .modeling_deer import DeerVLA
+from .family import AnyConfig, AnyModel, config_from_dict, model_class_for
+from .modeling_deer_vla import DeerVLAFlamingo
 from .pretrained_weights import cache_dir
 from .tokenization import MINILM_HIDDEN_SIZE, InstructionEncoder, load_sentence_encoder
 
@@ -49,7 +52,30 @@ def _parameter_bytes(modules: list[torch.nn.Module]) -> int:
     return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
 
 
-def count_cost_table(model: DeerVLA) -> CostTable:
+def _probe_text(model: AnyModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text input of the longest instruction the model reads, and its mask."""
+    if isinstance(model, DeerVLAFlamingo):  # padding 'longest': a prompt costs at most max_length tokens
+        length = model.config.decoder.max_length
+        return (torch.zeros(1, length, dtype=torch.long, device=device),
+                torch.ones(1, length, dtype=torch.long, device=device))
+    length = model.config.decoder.text_length
+    if model.text_proj is None:
+        text_input = torch.zeros(1, length, dtype=torch.long, device=device)
+    else:  # the sentence encoder's states are cached per instruction: only their projection runs every step
+        text_input = torch.zeros(1, length, MINILM_HIDDEN_SIZE, device=device)
+    return text_input, torch.ones(1, length, dtype=torch.long, device=device)
+
+
+def _resident_modules(model: AnyModel, layers: int) -> list[torch.nn.Module]:
+    if isinstance(model, DeerVLAFlamingo):
+        return model.resident_modules(layers)
+    every = model.config.decoder.cross_attention_every
+    optional = (model.embed_tokens, model.text_proj, model.proprio_proj, model.proprio_to_exit)
+    shared = [model.vision_encoders, model.resamplers, model.action_head] + [m for m in optional if m is not None]
+    return shared + list(model.layers[:layers]) + list(model.cross_attention[:len(range(0, layers, every))])
+
+
+def count_cost_table(model: AnyModel) -> CostTable:
     """Count per-exit LLM GFLOPs, vision and head GFLOPs, and resident parameter bytes per cap.
 
     Runs with autograd enabled: ``FlopCounterMode``'s module tracker fails on
@@ -59,12 +85,7 @@ def count_cost_table(model: DeerVLA) -> CostTable:
     static = torch.zeros(1, 200, 200, 3, dtype=torch.uint8, device=device)
     gripper = torch.zeros(1, 84, 84, 3, dtype=torch.uint8, device=device)
     proprio = torch.zeros(1, ROBOT_OBS_DIM, device=device) if model.config.use_proprio else None
-    length = model.config.decoder.text_length
-    if model.text_proj is None:
-        text_input = torch.zeros(1, length, dtype=torch.long, device=device)
-    else:  # the sentence encoder's states are cached per instruction: only their projection runs every step
-        text_input = torch.zeros(1, length, MINILM_HIDDEN_SIZE, device=device)
-    mask = torch.ones(1, length, dtype=torch.long, device=device)
+    text_input, mask = _probe_text(model, device)
 
     vision_gflops = _counted_gflops(model.encode_vision, static, gripper, proprio)
     visual = model.encode_vision(static, gripper, proprio)
@@ -72,29 +93,29 @@ def count_cost_table(model: DeerVLA) -> CostTable:
     with FlopCounterMode(display=False) as counter:
         for _ in model.iter_exit_features(visual, text_input, mask):
             llm_gflops.append(counter.get_total_flops() / 1e9)
-    feature = torch.zeros(1, 1, model.config.decoder.hidden_size, device=device)
+    feature = torch.zeros(1, 1, llm_feature_dim(model.config), device=device)
     head_gflops = _counted_gflops(model.action_head, feature)
-    remembered = model.config.head.history_window - 1
+    remembered = 0 if getattr(model, 'carries_state', False) else model.config.head.history_window - 1
     history_gflops = _counted_gflops(model.action_head.history_state, feature.expand(-1, remembered, -1)) \
         if remembered else 0.0
-
-    every = model.config.decoder.cross_attention_every
-    optional = (model.embed_tokens, model.text_proj, model.proprio_proj, model.proprio_to_exit)
-    shared = [model.vision_encoders, model.resamplers, model.action_head] + [m for m in optional if m is not None]
-    param_bytes = tuple(
-        _parameter_bytes(shared + list(model.layers[:layers])
-                         + list(model.cross_attention[:len(range(0, layers, every))]))
-        for layers in model.exit_layers)
+    if getattr(model.config, 'first_exit_reference', False):
+        history_gflops += head_gflops
+    param_bytes = tuple(_parameter_bytes(_resident_modules(model, layers)) for layers in model.exit_layers)
     return CostTable(model.exit_layers, tuple(llm_gflops), vision_gflops, head_gflops, history_gflops, param_bytes)
 
 
-def instruction_gflops(config: DeerConfig, instruction: str = 'pick the red block up from the table') -> float:
+def llm_feature_dim(config: AnyConfig) -> int:
+    """Width of the exit features (the decoder's hidden size)."""
+    return config.decoder.hidden_size if isinstance(config, DeerConfig) else config.decoder.d_model
+
+
+def instruction_gflops(config: AnyConfig, instruction: str = 'pick the red block up from the table') -> float:
     """One-off GFLOPs of encoding an instruction (0 without a sentence encoder: token lookup is free).
 
     Paid when the instruction changes, not per control step, so it is not in
     the :class:`CostTable`; reported beside it in the README.
     """
-    if config.decoder.tokenizer != 'minilm':
+    if not isinstance(config, DeerConfig) or config.decoder.tokenizer != 'minilm':
         return 0.0
     encoded = InstructionEncoder(config.decoder).tokenizer([instruction], padding='max_length', truncation=True,
                                                            max_length=config.decoder.text_length, return_tensors='pt')
@@ -103,7 +124,8 @@ def instruction_gflops(config: DeerConfig, instruction: str = 'pick the red bloc
 
 @functools.lru_cache(maxsize=1)
 def _code_fingerprint() -> str:
-    sources = [Path(__file__), Path(__file__).with_name('modeling_deer.py'), Path(__file__).with_name('cost.py')]
+    sources = [Path(__file__), Path(__file__).with_name('cost.py'),
+               *(Path(__file__).with_name(name) for name in ('modeling_deer.py', 'modeling_deer_vla.py'))]
     return hashlib.sha256(b''.join(path.read_bytes() for path in sources)).hexdigest()[:12]
 
 
@@ -112,15 +134,15 @@ def _cached_cost_table(fingerprint: str, config_json: str) -> CostTable:
     path = cache_dir() / 'costs' / f'{fingerprint}-{_code_fingerprint()}.json'
     if path.is_file():
         return CostTable.from_json(path)
-    config = DeerConfig.from_dict(json.loads(config_json))
+    config = config_from_dict(json.loads(config_json))
     with torch.device('meta'):
-        model = DeerVLA(config)
+        model = model_class_for(config)(config)
     table = count_cost_table(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_json(path)
     return table
 
 
-def cost_table_for(config: DeerConfig) -> CostTable:
+def cost_table_for(config: AnyConfig) -> CostTable:
     """The cost table of ``config`` (counted once on the meta device, then cached)."""
     return _cached_cost_table(config.fingerprint(), json.dumps(config.to_dict(), sort_keys=True))

@@ -5,11 +5,16 @@ group at a time; after each group the shared head proposes an action from the
 exit's feature and the step history, and the exit criterion decides whether
 to stop. Only the chosen exit's feature enters the history.
 
-The history is a sliding window: the LSTM state of a step is the replay, from
-a zero state, of the last ``history_window - 1`` chosen features (done once
-per step, before the exits), so the head sees histories as long as the
-training windows and never longer. Nothing grows with the episode length:
-the carried state is that many features and the cached instruction tokens.
+The history comes in two modes, fixed by the model. Sliding window
+(deer_ros's own model): the LSTM state of a step is the replay, from a zero
+state, of the last ``history_window - 1`` chosen features (done once per step,
+before the exits), so the head sees histories as long as the training windows
+and never longer. Carried state (DeeR-VLA, as upstream evaluates it with a
+window of 1): the LSTM state is kept from step to step until ``reset()``; the
+tentative head calls at each exit start from it without changing it, and the
+chosen exit's call gives the next one. Nothing grows with the episode length:
+the carried state is a few features or one LSTM state, plus the cached
+instruction tokens.
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ import torch
 from deer_ros.budget.exit_criterion import ExitCriterion
 from deer_ros.calvin_layout import GRIPPER_CLOSE, GRIPPER_OPEN
 from deer_ros.model.cost import CostTable
-from deer_ros.model.modeling_deer import DeerVLA, LSTMState
-from deer_ros.model.tokenization import InstructionEncoder
+from deer_ros.model.family import AnyModel, TextEncoder, instruction_encoder_for
+from deer_ros.model.modeling_deer import LSTMState
+from deer_ros.model.modeling_deer_vla import REFERENCE
 from deer_ros.policy.types import Action, ExitInfo, Observation
 
 
@@ -34,13 +40,15 @@ class NonFiniteActionError(RuntimeError):
 class EarlyExitPolicy:
     """``reset()`` per episode/instruction, ``step(observation, instruction)`` per control tick."""
 
-    def __init__(self, model: DeerVLA, criterion: ExitCriterion, cost_table: CostTable,
-                 instruction_encoder: InstructionEncoder | None = None) -> None:
+    def __init__(self, model: AnyModel, criterion: ExitCriterion, cost_table: CostTable,
+                 instruction_encoder: TextEncoder | None = None) -> None:
         self.model = model.eval()
         self.cost_table = cost_table
-        self.instruction_encoder = instruction_encoder or InstructionEncoder(model.config.decoder)
+        self.instruction_encoder = instruction_encoder or instruction_encoder_for(model.config)
         self.device = next(model.parameters()).device
         self.set_criterion(criterion)
+        self._carries_state = getattr(model, 'carries_state', False)
+        self._state: LSTMState | None = None
         self._history: deque[torch.Tensor] = deque(maxlen=model.config.head.history_window - 1)
         self._instruction: str | None = None
         self._encoded: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -52,6 +60,8 @@ class EarlyExitPolicy:
     def set_criterion(self, criterion: ExitCriterion) -> None:
         if criterion.num_exits != self.num_exits:
             raise ValueError(f'criterion has {criterion.num_exits} thresholds but the model has {self.num_exits} exits')
+        if criterion.first_exit_checked and not getattr(self.model.config, 'first_exit_reference', False):
+            raise ValueError('the criterion decides the first exit, which needs a model with first_exit_reference')
         self.criterion = criterion
 
     def set_num_exits(self, num_exits: int, criterion: ExitCriterion) -> None:
@@ -65,9 +75,12 @@ class EarlyExitPolicy:
     def reset(self) -> None:
         """Forget the step history (new episode or new instruction)."""
         self._history.clear()
+        self._state = None
 
     def _history_state(self) -> LSTMState | None:
-        """LSTM state after the remembered features (``None`` = zero state: first step, or a window of 1)."""
+        """LSTM state the step starts from (``None`` = zero state: first step, or a window of 1)."""
+        if self._carries_state:
+            return self._state
         if not self._history:
             return None
         return self.model.action_head.history_state(torch.cat(list(self._history), dim=1))
@@ -95,9 +108,13 @@ class EarlyExitPolicy:
         state = self._history_state()
         consistency: list[float] = []
         previous_pose: np.ndarray | None = None
-        for exit_index, feature in self.model.iter_exit_features(visual, text_input, mask):
+        options = {'reference': True} if self.criterion.first_exit_checked else {}
+        for exit_index, feature in self.model.iter_exit_features(visual, text_input, mask, **options):
             output = self.model.action_head(feature.unsqueeze(1), state)
             pose = output.pose[0, 0].double().cpu().numpy()
+            if exit_index == REFERENCE:  # the first exit is compared with the layer before it
+                previous_pose = pose
+                continue
             value = float('nan') if previous_pose is None else self.criterion.consistency(pose, previous_pose)
             consistency.append(value)
             if self.criterion.should_exit(exit_index, value):
@@ -106,7 +123,10 @@ class EarlyExitPolicy:
         gripper_logit = float(output.gripper_logit[0, 0])
         if not (np.all(np.isfinite(pose)) and np.isfinite(gripper_logit)):
             raise NonFiniteActionError(f'non-finite action at exit {exit_index}: pose={pose}, gripper={gripper_logit}')
-        self._history.append(feature.unsqueeze(1))  # maxlen 0 (a window of 1) keeps nothing
+        if self._carries_state:
+            self._state = output.state  # the chosen exit's call advances the carried state
+        else:
+            self._history.append(feature.unsqueeze(1))  # maxlen 0 (a window of 1) keeps nothing
         action = Action(pose=np.clip(pose, -1.0, 1.0), gripper=GRIPPER_OPEN if gripper_logit > 0 else GRIPPER_CLOSE)
         info = ExitInfo(
             exit_index=exit_index, exit_layer=self.model.exit_layers[exit_index], num_exits=self.num_exits,
