@@ -66,7 +66,7 @@ def through_ros(config: str, frames: int, warmup: int, rate_hz: float, threads: 
 
     from deer_ros.msg import ArmAction, ExitStats
     from deer_ros.nodes.image_conversion import rgb_to_image_msg
-    from deer_ros.nodes.ros_time import stamp_ns
+    from deer_ros.nodes.messages import stamp_ns
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
     log = tempfile.NamedTemporaryFile('w+b', suffix='.log', delete=False)

@@ -1,4 +1,5 @@
-"""The simulator side of the ROS loop, without ROS: action hand-over, lock-step policy adapter, GFLOPs tally.
+"""The simulator side of the ROS loop, without ROS: action hand-over, lock-step policy adapter, GFLOPs tally,
+and the evaluation report the bridge publishes.
 
 Why lock-step by default: a DeeR policy on a CPU takes tens to hundreds of
 milliseconds per step, slower than CALVIN's 30 Hz. Stepping the simulator at a
@@ -21,6 +22,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from deer_ros.benchmark.evaluation import ChainResult, EvaluationReport
 from deer_ros.calvin_layout import GRIPPER_CLOSE, GRIPPER_OPEN
 from deer_ros.sim.interface import Obs
 
@@ -140,6 +142,48 @@ def step_summary(rows: np.ndarray) -> dict[str, object]:
             'exit_histogram': {str(k): float(c / rows.shape[0]) for k, c in zip(exits, counts)},
             'latency_ms_p50': float(np.percentile(rows[:, 3], 50)),
             'latency_ms_p99': float(np.percentile(rows[:, 3], 99))}
+
+
+@dataclass
+class EvaluationTally:
+    """One evaluation run through ROS: each chain's result with the GFLOPs of the policy steps it executed.
+
+    Assembles what the bridge publishes (``evaluation/chain_result`` per chain,
+    ``evaluation/summary`` at the end), so the node only wires and the figures
+    are tested without ROS. ``settings`` are the bridge's, echoed in the summary.
+    """
+
+    settings: dict[str, Any]
+    results: list[ChainResult] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)  # per chain, the StepStats rows of its executed steps
+    error: str | None = None  # why the run ended before its last chain
+
+    def add(self, result: ChainResult, rows: np.ndarray) -> dict[str, Any]:
+        """Record a finished chain and its :class:`StepStats` rows; return its ``evaluation/chain_result``."""
+        self.results.append(result)
+        self.rows.append(rows)
+        return {**result.to_json(), 'gflops': step_summary(rows)}
+
+    @property
+    def report(self) -> EvaluationReport:
+        return EvaluationReport(self.results)
+
+    def gflops(self) -> dict[str, object]:
+        """:func:`step_summary` over every executed step of every chain."""
+        return step_summary(np.concatenate(self.rows) if self.rows else np.zeros((0, len(StepStats.COLUMNS))))
+
+    def summary(self) -> dict[str, Any]:
+        """``evaluation/summary``: CALVIN's metrics without the per-chain list, GFLOPs, settings, and the error."""
+        summary = {key: value for key, value in self.report.to_json().items() if key != 'chains'}
+        summary['gflops'] = self.gflops()
+        summary['settings'] = dict(self.settings)
+        if self.error is not None:
+            summary['error'] = self.error
+        return summary
+
+    def format_table(self) -> str:
+        """The report's table and the GFLOPs, for the log."""
+        return self.report.format_table() + f'\n  gflops: {self.gflops()}'
 
 
 class Interrupted(Exception):

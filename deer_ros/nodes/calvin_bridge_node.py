@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -32,24 +29,24 @@ from std_srvs.srv import Trigger
 
 from deer_ros.benchmark.backends import build_sim_factory
 from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
-from deer_ros.benchmark.evaluation import EvaluationReport, Simulator, run_chain
+from deer_ros.benchmark.evaluation import Simulator, run_chain
 from deer_ros.calvin_layout import EP_LEN
 from deer_ros.msg import ArmAction, ExitStats
 from deer_ros.nodes.bridge import (
     STEP_MODES,
     ActionMailbox,
+    EvaluationTally,
     Interrupted,
     PolicyTimeout,
     RosPolicy,
     StepStats,
     received_action,
-    step_summary,
 )
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
+from deer_ros.nodes.messages import joint_state_msg, stamp_ns, tcp_pose_msg
+from deer_ros.nodes.node_main import run_node
 from deer_ros.nodes.parameters import ParamSpec, check_values, declare
 from deer_ros.nodes.qos import EXIT_STATS_QOS
-from deer_ros.nodes.robot_state import joint_state_msg, tcp_pose_msg
-from deer_ros.nodes.ros_time import stamp_ns
 from deer_ros.sim.interface import Obs
 from deer_ros.sim.layout import SCENES
 
@@ -268,8 +265,9 @@ class CalvinBridgeNode(Node):
         self._evaluate.clear()
         num, offset, seed, max_steps = (self.get_parameter(name).value
                                         for name in ('num_chains', 'chain_offset', 'chain_seed', 'max_steps'))
-        error = None
-        results, rows = [], []
+        tally = EvaluationTally({'backend': self.values['backend'], 'scene': self.values['scene'],
+                                 'step_mode': self.values['step_mode'], 'chain_offset': offset, 'chain_seed': seed,
+                                 'max_steps': max_steps})
         try:
             [chains] = disjoint_subsets(generate_chains(self.tasks, DEFAULT_NUM_CHAINS, seed), [num], offset)
             policy = self._policy(self._stop.is_set, evaluating=True)
@@ -279,28 +277,16 @@ class CalvinBridgeNode(Node):
             for index, chain in enumerate(chains, start=offset):
                 policy.executed.clear()
                 result = run_chain(sim, policy, chain, index, max_steps)
-                chain_rows = self.step_stats.collect(list(policy.executed), timeout=stats_timeout)
-                results.append(result)
-                rows.append(chain_rows)
-                self.chain_pub.publish(String(data=json.dumps({**result.to_json(),
-                                                               'gflops': step_summary(chain_rows)})))
+                chain_json = tally.add(result, self.step_stats.collect(list(policy.executed), timeout=stats_timeout))
+                self.chain_pub.publish(String(data=json.dumps(chain_json)))
                 self.get_logger().info(f'chain {index}: {result.successes}/5 subtasks')
         except (PolicyTimeout, ValueError) as failure:
-            error = str(failure)
-            self.get_logger().error(f'evaluation aborted: {error}')
+            tally.error = str(failure)
+            self.get_logger().error(f'evaluation aborted: {tally.error}')
         finally:
             self.evaluating = False
-        report = EvaluationReport(results)
-        summary = {key: value for key, value in report.to_json().items() if key != 'chains'}
-        summary['gflops'] = step_summary(np.concatenate(rows) if rows else np.zeros((0, len(StepStats.COLUMNS))))
-        summary['settings'] = {'backend': self.values['backend'], 'scene': self.values['scene'],
-                               'step_mode': self.values['step_mode'], 'chain_offset': offset, 'chain_seed': seed,
-                               'max_steps': max_steps}
-        if error is not None:
-            summary['error'] = error
-        self.summary_pub.publish(String(data=json.dumps(summary)))
-        self.get_logger().info('evaluation finished\n' + report.format_table()
-                               + f'\n  gflops: {summary["gflops"]}')
+        self.summary_pub.publish(String(data=json.dumps(tally.summary())))
+        self.get_logger().info('evaluation finished\n' + tally.format_table())
         self._announce(self.get_parameter('instruction').value)
 
     def stop(self) -> None:
@@ -309,25 +295,8 @@ class CalvinBridgeNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    try:
-        node = CalvinBridgeNode()
-    except (ValueError, OSError, ImportError, ParameterException) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
-        rclpy.try_shutdown()
-        sys.exit(1)
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin_until_future_complete(node.done)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.stop()
-        executor.shutdown(timeout_sec=5.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    sys.exit(0 if node.done.result() is not False else 1)
+    sys.exit(run_node(CalvinBridgeNode, NODE_NAME, num_threads=3, on_stop=CalvinBridgeNode.stop,
+                      until=lambda node: node.done, args=args))
 
 
 if __name__ == '__main__':

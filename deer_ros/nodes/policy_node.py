@@ -11,26 +11,21 @@ default group. Both timers use the steady clock.
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
 from typing import Any
 
 import numpy as np
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -38,7 +33,7 @@ from std_srvs.srv import Trigger
 from deer_ros.budget.caps import Budget, BudgetSolution
 from deer_ros.budget.exit_criterion import METRICS
 from deer_ros.budget.solver import BudgetError
-from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_TCP_POSE, ORN_SCALE, POS_SCALE, STATIC_CAMERA_SHAPE
+from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_TCP_POSE, STATIC_CAMERA_SHAPE
 from deer_ros.msg import ArmAction, ExitStats
 from deer_ros.nodes.control import (
     GRIPPER_CAMERA,
@@ -53,14 +48,15 @@ from deer_ros.nodes.control import (
 )
 from deer_ros.nodes.diagnostics import PolicyDiagnostics
 from deer_ros.nodes.image_conversion import image_msg_to_rgb
+from deer_ros.nodes.messages import arm_action_msg, exit_stats_msg, stamp_msg, stamp_ns, tcp_pose_array, twist_msg
+from deer_ros.nodes.node_main import run_node
 from deer_ros.nodes.parameters import ParamSpec, check_values, declare
 from deer_ros.nodes.qos import EXIT_STATS_QOS
-from deer_ros.nodes.robot_state import check_tcp_pose, tcp_pose_array
-from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
+from deer_ros.nodes.robot_state import check_tcp_pose
 from deer_ros.policy.deer_policy import DeerPolicy
 from deer_ros.policy.ready_pose import ReadyPose
 from deer_ros.policy.runtime import PolicyRuntime
-from deer_ros.policy.types import Action, ExitInfo
+from deer_ros.policy.types import Action
 from deer_ros.resources import resolve_checkpoint
 
 NODE_NAME = 'deer_policy'
@@ -120,36 +116,6 @@ def budget_from(values: dict[str, Any]) -> Budget:
     def limit(name: str) -> float | None:
         return float(values[name]) if values[name] > 0 else None
     return Budget(limit('budget.avg_gflops'), limit('budget.peak_gflops'), limit('budget.max_memory_mb'))
-
-
-def arm_action_msg(action: Action, header: Header, hold: bool) -> ArmAction:
-    return ArmAction(header=header, delta=np.asarray(action.pose, dtype=np.float32), gripper=int(action.gripper),
-                     hold=hold)
-
-
-def twist_msg(action: Action, header: Header, rate_hz: float) -> TwistStamped:
-    """MoveIt Servo style velocity: CALVIN units per step (0.02 m, 0.05 rad) times steps per second."""
-    twist = TwistStamped(header=header)
-    linear = np.asarray(action.pose[:3], dtype=np.float64) * POS_SCALE * rate_hz
-    angular = np.asarray(action.pose[3:], dtype=np.float64) * ORN_SCALE * rate_hz
-    twist.twist.linear.x, twist.twist.linear.y, twist.twist.linear.z = (float(v) for v in linear)
-    twist.twist.angular.x, twist.twist.angular.y, twist.twist.angular.z = (float(v) for v in angular)
-    return twist
-
-
-def exit_stats_msg(info: ExitInfo | None, header: Header) -> ExitStats:
-    """ExitStats with a 1-based exit index, as the message defines; ``None`` (a scripted step): exit 0, no cost.
-
-    Scripted steps get a message too, so a consumer that tallies the stats of
-    every executed action (the bridge) hears about each one instead of waiting.
-    """
-    if info is None:
-        return ExitStats(header=header, exit_index=0, exit_layer=0, num_exits=0, llm_gflops=0.0, total_gflops=0.0,
-                         step_latency_ms=0.0)
-    return ExitStats(header=header, exit_index=info.exit_index + 1, exit_layer=info.exit_layer,
-                     num_exits=info.num_exits, llm_gflops=info.llm_gflops, total_gflops=info.total_gflops,
-                     step_latency_ms=info.latency_ms, consistency=[float(v) for v in info.consistency],
-                     thresholds=[float(v) for v in info.thresholds])
 
 
 class PolicyNode(Node):
@@ -345,28 +311,7 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    # Our own SIGINT/SIGTERM handling: rclpy's handler would shut the context down
-    # before the final hold could be published.
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        node = PolicyNode()
-    # Bad config, checkpoint, budget or parameter type (e.g. 30 for a double): say why, exit non-zero.
-    except (ValueError, OSError, RuntimeError, ParameterException) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {error}')
-        rclpy.try_shutdown()
-        sys.exit(1)
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.stop()
-        executor.shutdown(timeout_sec=5.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+    sys.exit(run_node(PolicyNode, NODE_NAME, num_threads=4, on_stop=PolicyNode.stop, args=args))
 
 
 if __name__ == '__main__':

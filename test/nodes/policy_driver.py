@@ -16,7 +16,7 @@ from std_msgs.msg import Header, String
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
 from deer_ros.msg import ArmAction, ExitStats
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
-from deer_ros.nodes.ros_time import stamp_ns
+from deer_ros.nodes.messages import stamp_ns
 
 # Small and slow enough for 2 shared cores: one torch thread, 20 Hz ticks.
 FAST_POLICY = {'control_rate_hz': 20.0, 'num_threads': 1, 'max_input_age_s': 5.0}  # loaded CI: 2 s went stale

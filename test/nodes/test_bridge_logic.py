@@ -1,15 +1,19 @@
 """The simulator side of the ROS loop without ROS: action hand-over, lock-step waiting, GFLOPs per chain."""
 from __future__ import annotations
 
+import json
 import math
 import threading
 
 import numpy as np
 import pytest
 
+from deer_ros.benchmark.chains import Chain, SymbolicState
+from deer_ros.benchmark.evaluation import ChainResult
 from deer_ros.calvin_layout import GRIPPER_CLOSE, GRIPPER_OPEN
 from deer_ros.nodes.bridge import (
     ActionMailbox,
+    EvaluationTally,
     GripperLatch,
     Interrupted,
     PolicyTimeout,
@@ -61,6 +65,37 @@ def test_step_stats_wait_for_late_exit_stats_and_summarise():
     ready_pose_steps = np.array([[0.0, 0.0, 0, 0.0]] * 3)  # exit 0: a scripted step, no model ran
     assert step_summary(np.concatenate([ready_pose_steps, rows])) == {**summary, 'scripted_steps': 3}
     assert step_summary(ready_pose_steps) == {'policy_steps': 0, 'scripted_steps': 3}
+
+
+CHAIN = Chain(SymbolicState(0, 1, 'right', 'closed', 'table', 'slider_left', 'table'),
+              ('turn_on_led', 'open_drawer', 'move_slider_left', 'turn_off_lightbulb', 'push_red_block_left'))
+
+
+def test_evaluation_tally_assembles_what_the_bridge_publishes():
+    """Each chain with its own steps' GFLOPs; then CALVIN's metrics over all chains, GFLOPs over every executed
+    step, the settings, and why the run stopped early."""
+    tally = EvaluationTally({'scene': 'D', 'max_steps': 4})
+    first = np.array([[0.1, 0.2, 2, 10.0], [0.3, 0.5, 6, 30.0]])
+    second = np.array([[0.0, 0.0, 0, 0.0], [0.3, 0.5, 6, 20.0]])  # a scripted step, then the model
+    chain = tally.add(ChainResult(0, CHAIN, 1, [2, 4]), first)
+    assert chain['index'] == 0 and chain['successes'] == 1 and chain['steps'] == [2, 4]
+    assert chain['gflops'] == step_summary(first) and chain['tasks'] == list(CHAIN.tasks)
+    tally.add(ChainResult(1, CHAIN, 3, [1, 1, 1, 4]), second)
+    tally.error = 'no action for the frame stamped 7 ns within 30 s'
+    summary = json.loads(json.dumps(tally.summary()))  # as published
+    assert summary['num_chains'] == 2 and summary['average_length'] == 2.0 and 'chains' not in summary
+    assert summary['success_rates'] == {'1': 1.0, '2': 0.5, '3': 0.5, '4': 0.0, '5': 0.0}
+    assert summary['gflops'] == step_summary(np.concatenate([first, second]))
+    assert summary['gflops']['policy_steps'] == 3 and summary['gflops']['scripted_steps'] == 1
+    assert summary['settings'] == {'scene': 'D', 'max_steps': 4} and summary['error'] == tally.error
+    table = tally.format_table()
+    assert 'average successful length: 2.000' in table and f"gflops: {summary['gflops']}" in table
+
+
+def test_an_evaluation_that_ran_no_chain_still_has_a_summary():
+    summary = EvaluationTally({'scene': 'D'}).summary()
+    assert summary['num_chains'] == 0 and summary['average_length'] == 0.0 and 'error' not in summary
+    assert summary['gflops'] == {'policy_steps': 0, 'scripted_steps': 0}
 
 
 class _Loop:

@@ -14,7 +14,7 @@ from std_msgs.msg import Header, String
 
 from deer_ros.calvin_layout import POS_SCALE
 from deer_ros.msg import ArmAction
-from deer_ros.nodes.ros_time import stamp_msg, stamp_ns
+from deer_ros.nodes.messages import stamp_msg, stamp_ns
 
 BRIDGE = 'deer_ros.nodes.calvin_bridge_node'
 STARTUP_S = 120.0
@@ -99,6 +99,7 @@ def test_bridge_publishes_observations_and_steps_once_per_answer(start_node, rcl
         assert np.all(np.isfinite(robot.latest('joint_states').position))
     assert bridge.running()
     assert bridge.stop() == 0, bridge.log
+    assert 'never retrieved' not in bridge.log  # a clean shutdown (run_node drains its executor)
 
 
 def test_bridge_evaluates_chains_against_the_policy_node(start_node, rclpy_context, tiny_checkpoint):

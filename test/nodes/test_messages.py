@@ -1,4 +1,5 @@
-"""The generated deer_ros.msg interfaces: construction, and delivery over real DDS.
+"""The generated deer_ros.msg interfaces: construction, the builders of deer_ros.nodes.messages, and delivery
+over real DDS.
 
 Covers both transports a deployment uses: two nodes in one process (intra-host
 DDS through one participant per node) and two processes (the policy node and
@@ -12,9 +13,13 @@ import threading
 import numpy as np
 import pytest
 from rclpy.node import Node
-
-from deer_ros.msg import ArmAction, ExitStats
 from ros_helpers import BackgroundSpinner, wait_for, write_params_file
+from std_msgs.msg import Header
+
+from deer_ros.calvin_layout import ORN_SCALE, POS_SCALE
+from deer_ros.msg import ArmAction, ExitStats
+from deer_ros.nodes.messages import arm_action_msg, exit_stats_msg, stamp_msg, stamp_ns, twist_msg
+from deer_ros.policy.types import Action, ExitInfo
 
 
 def test_arm_action_layout():
@@ -42,6 +47,30 @@ def test_field_checks_catch_what_the_wire_would_silently_change():
         action.gripper = 200
     with pytest.raises(AssertionError, match='integer in \\[0, 255\\]'):
         ExitStats(check_fields=True).exit_index = 256
+
+
+def test_policy_outputs_as_messages():
+    header = Header(frame_id='world')
+    action = Action(pose=np.array([1.0, -0.5, 0.0, 0.0, 0.0, 0.2]), gripper=ArmAction.GRIPPER_CLOSE)
+    arm = arm_action_msg(action, header, hold=False)
+    np.testing.assert_allclose(arm.delta, action.pose, rtol=1e-6)
+    assert arm.gripper == ArmAction.GRIPPER_CLOSE and not arm.hold and arm.header.frame_id == 'world'
+    twist = twist_msg(action, header, rate_hz=30.0).twist  # velocity: per-step delta times steps per second
+    assert (twist.linear.x, twist.linear.y) == pytest.approx((POS_SCALE * 30.0, -0.5 * POS_SCALE * 30.0))
+    assert twist.angular.z == pytest.approx(0.2 * ORN_SCALE * 30.0)
+    info = ExitInfo(exit_index=2, exit_layer=6, num_exits=6, llm_gflops=0.1, total_gflops=0.2, latency_ms=5.0,
+                    consistency=[0.5], thresholds=[0.4])
+    stats = exit_stats_msg(info, header)
+    assert (stats.exit_index, stats.exit_layer, stats.num_exits) == (3, 6, 6)  # the message counts exits from 1
+    assert list(stats.consistency) == [0.5] and list(stats.thresholds) == [pytest.approx(0.4)]
+    scripted = exit_stats_msg(None, header)
+    assert (scripted.exit_index, scripted.llm_gflops, scripted.step_latency_ms) == (0, 0.0, 0.0)
+
+
+def test_stamps_as_integer_nanoseconds_are_exact():
+    nanoseconds = 1_796_554_033_967_085_252
+    assert stamp_ns(stamp_msg(nanoseconds)) == nanoseconds
+    assert (stamp_msg(nanoseconds).sec, stamp_msg(nanoseconds).nanosec) == (1_796_554_033, 967_085_252)
 
 
 def _sample_action(seq: int) -> ArmAction:

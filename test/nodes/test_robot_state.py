@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from std_msgs.msg import Header
 
-from deer_ros.nodes.robot_state import (check_tcp_pose, joint_state_msg, robot_obs_from_ros, tcp_pose_array,
-                                        tcp_pose_msg)
+from deer_ros.nodes.messages import joint_state_msg, tcp_pose_array, tcp_pose_msg
+from deer_ros.nodes.robot_state import check_tcp_pose, robot_obs_from_ros
 
 
 def test_robot_obs_round_trip() -> None:

@@ -8,7 +8,8 @@ from std_msgs.msg import Header
 
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_ARM_JOINTS, HOME_ROBOT_OBS, STATIC_CAMERA_SHAPE
 from deer_ros.nodes.control import GRIPPER_CAMERA, JOINT_STATES, STATIC_CAMERA, TCP_POSE, PolicyController
-from deer_ros.nodes.robot_state import robot_obs_from_ros, tcp_pose_array, tcp_pose_msg
+from deer_ros.nodes.messages import tcp_pose_array, tcp_pose_msg
+from deer_ros.nodes.robot_state import robot_obs_from_ros
 from deer_ros.policy.chain_policy import ChainPolicyFactory
 from deer_ros.policy.deer_policy import DeerPolicy
 from deer_ros.policy.ready_pose import ReadyPose
