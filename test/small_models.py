@@ -1,5 +1,7 @@
-"""A model config small enough for a training step in ~0.1 s (a plain module, importable by name from any test)."""
+"""Small test inputs importable by name from any test: a model config for ~0.1 s training steps, random frames."""
 from __future__ import annotations
+
+import numpy as np
 
 from deer_ros.model import DeerConfig, load_config
 
@@ -13,3 +15,8 @@ def small_config() -> DeerConfig:
     data['decoder'].update(hidden_size=64, num_hidden_layers=6, intermediate_size=128, text_length=24)
     data['head'].update(lstm_hidden_size=64, mlp_hidden_sizes=[64])
     return DeerConfig.from_dict(data)
+
+
+def random_frame(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A uniformly random uint8 image (a camera frame with no structure)."""
+    return rng.integers(0, 256, shape, dtype=np.uint8)

@@ -11,6 +11,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from ros_helpers import wait_for
 from sensor_msgs.msg import Image, JointState
+from small_models import random_frame
 from std_msgs.msg import Header, String
 
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, STATIC_CAMERA_SHAPE
@@ -21,10 +22,6 @@ from deer_ros.nodes.messages import stamp_ns
 # Small and slow enough for 2 shared cores: one torch thread, 20 Hz ticks.
 FAST_POLICY = {'control_rate_hz': 20.0, 'num_threads': 1, 'max_input_age_s': 5.0}  # loaded CI: 2 s went stale
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def random_frame(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    return rng.integers(0, 256, shape, dtype=np.uint8)
 
 
 class PolicyDriver(Node):

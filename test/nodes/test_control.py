@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from policy_driver import random_frame
+from small_models import random_frame
 
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, GRIPPER_CLOSE, GRIPPER_OPEN, STATIC_CAMERA_SHAPE
 from deer_ros.nodes.control import (

@@ -6,12 +6,13 @@ import re
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
-from policy_driver import FAST_POLICY, PolicyDriver, random_frame
+from policy_driver import FAST_POLICY, PolicyDriver
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from ros_helpers import BackgroundSpinner, wait_for
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import Image
+from small_models import random_frame
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from policy_driver import random_frame
+from small_models import random_frame
 from std_msgs.msg import Header
 
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_ARM_JOINTS, HOME_ROBOT_OBS, STATIC_CAMERA_SHAPE

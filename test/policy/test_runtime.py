@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from policy_driver import random_frame
+from small_models import random_frame
 
 from deer_ros.budget.calibration import CalibrationData, CalibrationFileError, calibration_path
 from deer_ros.budget.caps import Budget, BudgetSolution, param_memory_mb
