@@ -336,9 +336,13 @@ def chains_digest(chains: Sequence[Chain]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def fnv1_32(data: bytes) -> int:
-    """32-bit FNV-1 (multiply, then xor), the hash CALVIN seeds initial-state sampling with."""
-    value = 0x811C9DC5
+def fnv1_32(data: bytes, start: int = 0x811C9DC5) -> int:
+    """32-bit FNV-1 (multiply, then xor) from ``start``, FNV's offset basis by default.
+
+    CALVIN seeds initial-state sampling with ``pyhash.fnv1_32()``, which starts from 0 (its default seed)
+    and hashes a str as UTF-16-LE: :func:`deer_ros.benchmark.calvin_sequences.calvin_seed`.
+    """
+    value = start
     for byte in data:
         value = (value * 0x01000193) & 0xFFFFFFFF
         value ^= byte

@@ -1,12 +1,13 @@
 """CALVIN's long-horizon protocol: run 5-instruction chains, stop a chain at its first failed subtask.
 
 Per chain the env is reset once, from the chain's symbolic start state made
-concrete by ``initial_state`` with an RNG seeded from the FNV-1 hash of the
-conditions (so a chain always starts identically, whichever worker runs it).
-Per subtask: ``policy.reset()``, remember ``start_info``, then at most
-``max_steps`` of ``policy.step(obs, instruction)`` / ``env.step(action)``
-until the oracle reports the subtask. The env is not reset between subtasks:
-each one starts wherever the previous left the scene, which is the point.
+concrete by the protocol (:mod:`protocols`) with an RNG seeded from the FNV-1
+hash of the conditions (so a chain always starts identically, whichever worker
+runs it). Per subtask: ``policy.reset()``, remember ``start_info``, then at most
+``max_steps`` of ``policy.step(obs, instruction)`` / ``env.step(action)`` (the
+protocol's wording of the task) until the oracle reports the subtask. The env
+is not reset between subtasks: each one starts wherever the previous left the
+scene, which is the point.
 
 Chains run in worker processes that each build their own simulator and
 policy from picklable factories. A chain's result depends only on the chain
@@ -34,17 +35,13 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from deer_ros.benchmark.chains import CHAIN_LENGTH, Chain, chains_digest, initial_state_seed
-from deer_ros.benchmark.language import evaluation_instruction
+from deer_ros.benchmark.chains import CHAIN_LENGTH, Chain, chains_digest
+from deer_ros.benchmark.protocols import DEER_ROS, ChainProtocol
 from deer_ros.benchmark.results_file import ResultsFile
 from deer_ros.benchmark.tasks import TaskOracle
 from deer_ros.calvin_layout import EP_LEN
 from deer_ros.sim.env import PlayTableEnv
-from deer_ros.sim.initial_state import initial_state
 from deer_ros.sim.interface import Info, Obs, SimEnv
-
-PROTOCOL = 'calvin_chains/1'
-"""Version of the chain protocol below, kept in results files: change it when results stop being comparable."""
 
 _LOG = logging.getLogger(__name__)
 
@@ -119,23 +116,22 @@ class ChainResult:
                    dict(record['stat_sums']), dict(record['stat_counts']), record['error'])
 
 
-def run_chain(sim: Simulator, policy: Policy, chain: Chain, index: int = 0, max_steps: int = EP_LEN) -> ChainResult:
-    """Evaluate one chain in ``sim`` with ``policy``."""
-    rng = np.random.default_rng(initial_state_seed(chain.initial))
-    robot_obs, scene_obs = initial_state(chain.initial.conditions(), rng, sim.scene)
+def run_chain(sim: Simulator, policy: Policy, chain: Chain, index: int = 0, max_steps: int = EP_LEN,
+              protocol: ChainProtocol = DEER_ROS) -> ChainResult:
+    """Evaluate one chain in ``sim`` with ``policy``, from the protocol's start state and in its words."""
+    robot_obs, scene_obs = protocol.start_state(chain, sim.scene)
     obs = sim.env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
     result = ChainResult(index, chain, 0, [])
     for task in chain.tasks:
-        done, obs = _run_subtask(sim, policy, obs, task, max_steps, result)
+        done, obs = _run_subtask(sim, policy, obs, task, protocol.instruction(task), max_steps, result)
         if not done:
             break
         result.successes += 1
     return result
 
 
-def _run_subtask(sim: Simulator, policy: Policy, obs: Obs, task: str, max_steps: int,
+def _run_subtask(sim: Simulator, policy: Policy, obs: Obs, task: str, instruction: str, max_steps: int,
                  result: ChainResult) -> tuple[bool, Obs]:
-    instruction = evaluation_instruction(task)
     stats = getattr(policy, 'step_stats', None)
     policy.reset()
     start_info = sim.env.get_info()
@@ -216,27 +212,29 @@ class EvaluationReport:
         return '\n'.join(lines)
 
 
-def run_settings(chains: Sequence[Chain], max_steps: int) -> dict[str, Any]:
+def run_settings(chains: Sequence[Chain], max_steps: int, protocol: ChainProtocol = DEER_ROS) -> dict[str, Any]:
     """The settings of a results file that :func:`evaluate` knows itself; callers add policy and simulator ones."""
-    return {'protocol': PROTOCOL, 'max_steps': max_steps, 'chains_sha256': chains_digest(chains)}
+    return {'protocol': protocol.setting, 'max_steps': max_steps, 'chains_sha256': chains_digest(chains)}
 
 
 def evaluate(chains: Sequence[Chain], sim_factory: SimFactory, policy_factory: PolicyFactory, workers: int = 1,
-             max_steps: int = EP_LEN, progress: bool = True, results: ResultsFile | None = None) -> EvaluationReport:
-    """Run every chain; ``workers > 1`` spreads chains over spawned processes with identical results.
+             max_steps: int = EP_LEN, progress: bool = True, results: ResultsFile | None = None,
+             protocol: ChainProtocol = DEER_ROS) -> EvaluationReport:
+    """Run every chain under ``protocol``; ``workers > 1`` spreads chains over spawned processes with identical results.
 
-    With ``results`` (opened with :func:`run_settings` among its settings), each chain's record is appended as the
-    chain ends, and the chains it already holds are taken from it, not run again, except failed ones.
+    With ``results`` (opened with :func:`run_settings` of the same protocol among its settings), each chain's
+    record is appended as the chain ends, and the chains it already holds are taken from it, not run again, except
+    failed ones.
     Raises only what building the simulator or policy raises in a fresh process (the first, or one replacing
     a dead worker), which no chain could get past, and ``KeyboardInterrupt``; the file keeps every chain
     finished until then.
     """
     if workers < 1:
         raise ValueError(f'workers must be >= 1, got {workers}')
-    done = recorded_results(results, chains, max_steps) if results is not None else {}
+    done = recorded_results(results, chains, max_steps, protocol=protocol) if results is not None else {}
     items = [(index, chain) for index, chain in enumerate(chains) if index not in done]
     finished = list(done.values())
-    runs = _run_all(items, _ChainRunner(sim_factory, policy_factory, max_steps), workers)
+    runs = _run_all(items, _ChainRunner(sim_factory, policy_factory, max_steps, protocol), workers)
     # closing(): an interrupt stops the workers at once, not whenever its traceback is freed
     with tqdm(total=len(chains), initial=len(finished), desc='chains', unit='chain', disable=not progress) as bar, \
             contextlib.closing(runs):
@@ -250,13 +248,13 @@ def evaluate(chains: Sequence[Chain], sim_factory: SimFactory, policy_factory: P
     return EvaluationReport(sorted(finished, key=lambda result: result.index))
 
 
-def recorded_results(results: ResultsFile, chains: Sequence[Chain], max_steps: int,
-                     first_index: int = 0) -> dict[int, ChainResult]:
+def recorded_results(results: ResultsFile, chains: Sequence[Chain], max_steps: int, first_index: int = 0,
+                     protocol: ChainProtocol = DEER_ROS) -> dict[int, ChainResult]:
     """The chains ``results`` holds that need not run again (failed ones do), by index.
 
     ``chains[i]`` has index ``first_index + i`` (:func:`evaluate` numbers from 0, the ROS bridge from its offset).
     """
-    results.require(run_settings(chains, max_steps))
+    results.require(run_settings(chains, max_steps, protocol))
     done = {}
     for index, record in results.records.items():
         result = ChainResult.from_record(record)
@@ -276,15 +274,17 @@ class _ChainRunner:
     would fail every chain. Picklable before first use, so each worker process gets its own.
     """
 
-    def __init__(self, sim_factory: SimFactory, policy_factory: PolicyFactory, max_steps: int) -> None:
+    def __init__(self, sim_factory: SimFactory, policy_factory: PolicyFactory, max_steps: int,
+                 protocol: ChainProtocol) -> None:
         self.sim_factory, self.policy_factory, self.max_steps = sim_factory, policy_factory, max_steps
+        self.protocol = protocol
         self._built: tuple[Simulator, Policy] | None = None
         self._started = False
 
     def __call__(self, index: int, chain: Chain) -> ChainResult:
         try:
             sim, policy = self._build()
-            return run_chain(sim, policy, chain, index, self.max_steps)
+            return run_chain(sim, policy, chain, index, self.max_steps, self.protocol)
         except Exception as error:  # whatever stops one chain is that chain's result, not the run's end
             if not self._started:
                 raise

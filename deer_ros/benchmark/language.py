@@ -2,8 +2,11 @@
 
 Evaluation, like CALVIN, hands the policy a single fixed instruction per task,
 while recorded demos get a random paraphrase so a model cannot overfit one
-wording. The phrasings here are our own. Block tasks come from templates over
-the three block colours so every colour gets the same wording set.
+wording. The phrasings of :data:`TASK_LANGUAGE` are our own; CALVIN's own
+evaluation wording (:data:`CALVIN_INSTRUCTIONS`, what ``--protocol calvin``
+gives the policy) is kept apart, and the reverse lookup knows both. Block tasks
+come from templates over the three block colours so every colour gets the same
+wording set.
 """
 from __future__ import annotations
 
@@ -106,6 +109,40 @@ TASK_LANGUAGE: dict[str, TaskLanguage] = {
 }
 
 
+def _calvin_instructions() -> dict[str, str]:
+    """CALVIN's validation annotation of each task (``conf/annotations/new_playtable_validation.yaml``, one per task,
+    verbatim): the instruction CALVIN's ``evaluate_policy`` and DeeR-VLA's evaluation give the policy."""
+    block_templates = {
+        'rotate_{c}_block_right': 'take the {c} block and rotate it to the right',
+        'rotate_{c}_block_left': 'take the {c} block and rotate it to the left',
+        'push_{c}_block_right': 'go push the {c} block right',
+        'push_{c}_block_left': 'go push the {c} block left',
+        'lift_{c}_block_table': 'grasp and lift the {c} block',
+        'lift_{c}_block_slider': 'lift the {c} block from the sliding cabinet',
+        'lift_{c}_block_drawer': 'Take the {c} block from the drawer',
+    }
+    return {
+        **{name.format(c=colour): text.format(c=colour)
+           for name, text in block_templates.items() for colour in BLOCK_COLOURS},
+        'move_slider_left': 'push the sliding door to the left side',
+        'move_slider_right': 'push the sliding door to the right side',
+        'open_drawer': 'pull the handle to open the drawer',
+        'close_drawer': 'push the handle to close the drawer',
+        'place_in_slider': 'store the grasped block in the sliding cabinet',
+        'place_in_drawer': 'store the grasped block in the drawer',
+        'push_into_drawer': 'slide the block that it falls into the drawer',
+        'stack_block': 'stack the grasped block',
+        'unstack_block': 'remove the stacked block',
+        'turn_on_lightbulb': 'use the switch to turn on the light bulb',
+        'turn_off_lightbulb': 'use the switch to turn off the light bulb',
+        'turn_on_led': 'press the button to turn on the led light',
+        'turn_off_led': 'press the button to turn off the led light',
+    }
+
+
+CALVIN_INSTRUCTIONS: dict[str, str] = _calvin_instructions()
+
+
 def _normalise(text: str) -> str:
     return ' '.join(text.lower().split())
 
@@ -113,7 +150,7 @@ def _normalise(text: str) -> str:
 def _build_lookup() -> dict[str, str]:
     lookup: dict[str, str] = {}
     for task, language in TASK_LANGUAGE.items():
-        for text in (language.evaluation, *language.training):
+        for text in (language.evaluation, *language.training, CALVIN_INSTRUCTIONS[task]):
             key = _normalise(text)
             if lookup.setdefault(key, task) != task:
                 raise ValueError(f'instruction {text!r} is used by both {lookup[key]} and {task}')
@@ -128,13 +165,19 @@ def evaluation_instruction(task: str) -> str:
     return _language(task).evaluation
 
 
+def calvin_instruction(task: str) -> str:
+    """The instruction CALVIN's own evaluation gives the policy for ``task``."""
+    _language(task)  # the same error for an unknown task
+    return CALVIN_INSTRUCTIONS[task]
+
+
 def training_instructions(task: str) -> tuple[str, ...]:
     """Paraphrases used to annotate recorded demos of ``task``."""
     return _language(task).training
 
 
 def task_for_instruction(instruction: str) -> str:
-    """The task an instruction (evaluation or training wording; case and spacing ignored) refers to."""
+    """The task an instruction (evaluation, training or CALVIN's wording; case and spacing ignored) refers to."""
     try:
         return _INSTRUCTION_TO_TASK[_normalise(instruction)]
     except KeyError:

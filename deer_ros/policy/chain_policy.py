@@ -84,7 +84,8 @@ def deer_policy(env: object = None, source: str = 'tiny', avg_gflops: float | No
     """Entry point for ``deer-ros evaluate --policy deer_ros.policy.chain_policy:deer_policy --policy-kwargs '{...}'``.
 
     ``ready_pose``: return to the simulator's home pose before every
-    instruction (``false``: the learned policy alone).
+    instruction (``false``: the learned policy alone). ``deer-ros evaluate
+    --protocol calvin`` passes ``false``: CALVIN's protocol has no ready pose.
     """
     return ChainPolicyFactory(source, Budget(avg_gflops=avg_gflops, peak_gflops=peak_gflops), device=device,
                               track_average=track_average, ready_pose=ReadyPose() if ready_pose else None)(env)

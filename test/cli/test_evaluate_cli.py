@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deer_ros.benchmark.protocols import CALVIN, DEER_ROS
 from deer_ros.cli import main
+from deer_ros.cli.evaluate import policy_kwargs_for
 
 RUN = ['evaluate', '--no-cameras', '--num-chains', '3', '--offset', '5', '--max-steps', '3', '--no-progress']
 
@@ -61,3 +63,35 @@ def test_failing_chains_are_reported_and_the_exit_status_says_so(tmp_path: Path,
     assert '3 chains failed' in err
     records = [json.loads(line) for line in results.read_text().splitlines()[1:]]
     assert [record['error'] for record in records] == ['ValueError: no model'] * 3
+
+
+def test_calvin_protocol_runs_calvins_chains_and_the_results_say_so(tmp_path: Path) -> None:
+    output = tmp_path / 'calvin.json'
+    assert main(['evaluate', '--protocol', 'calvin', '--no-cameras', '--num-chains', '1', '--no-progress',
+                 '--output', str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert report['settings']['protocol'] == 'calvin/1' and report['settings']['max_steps'] == 360
+    assert report['chains'][0]['tasks'] == ['rotate_blue_block_right', 'move_slider_right', 'lift_red_block_slider',
+                                            'place_in_slider', 'turn_off_lightbulb']  # CALVIN's first sequence
+    assert report['chains'][0]['successes'] == 5
+    with pytest.raises(SystemExit, match="protocol='calvin/1' there, 'deer_ros/1' now"):
+        main(['evaluate', '--no-cameras', '--num-chains', '1', '--no-progress', '--output', str(output), '--resume'])
+
+
+@pytest.mark.parametrize('options, reason', [
+    (['--scene', 'A'], 'CALVIN evaluates on scene D'),
+    (['--max-steps', '3'], '360 steps, not 3'),
+    (['--chain-seed', '1'], 'fixed seeds'),
+    (['--policy', 'deer_ros.policy.chain_policy:deer_policy', '--policy-kwargs', '{"ready_pose": true}'],
+     'never taken back to a ready pose'),
+])
+def test_calvin_protocol_refuses_what_calvin_does_not_do(options: list[str], reason: str) -> None:
+    with pytest.raises(SystemExit, match=reason):
+        main(['evaluate', '--protocol', 'calvin', '--no-cameras', '--no-progress', *options])
+
+
+def test_calvin_protocol_turns_the_deer_policys_ready_pose_off() -> None:
+    deer = 'deer_ros.policy.chain_policy:deer_policy'
+    assert policy_kwargs_for(CALVIN, deer, {'source': 'tiny'}) == {'source': 'tiny', 'ready_pose': False}
+    assert policy_kwargs_for(CALVIN, 'expert', {}) == {}  # no ready pose to turn off
+    assert policy_kwargs_for(DEER_ROS, deer, {'ready_pose': True}) == {'ready_pose': True}
