@@ -1,11 +1,16 @@
 """Evaluate the DeeR policy through ROS: the CALVIN bridge runs N chains against the policy node, then all exits.
 
-    ros2 launch deer_ros benchmark.launch.py num_chains:=20 budget_avg_gflops:=0.07
+    ros2 launch deer_ros benchmark.launch.py num_chains:=20 budget_avg_gflops:=0.07 results_file:=/tmp/eval.jsonl
     ros2 topic echo /evaluation/summary   # JSON: avg successful length, success at 1..5, avg/peak GFLOPs
+    ros2 launch deer_ros benchmark.launch.py num_chains:=20 budget_avg_gflops:=0.07 results_file:=/tmp/eval.jsonl \
+        resume:=true                      # after a crash: the finished chains are kept, the others run
 
 The policy comes from policy.launch.py (same arguments); the bridge steps the
 simulator in lock-step with it (see deer_ros/nodes/bridge.py), so results do
-not depend on inference speed.
+not depend on inference speed. Each chain is appended to ``results_file`` as it
+ends (empty: a new file under $ROS_HOME/deer_ros/evaluations); the launch ends
+when the bridge does, and the bridge's exit code is 0 only if every chain ran
+to its end.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, IncludeLaunchDescription, RegisterEventHandler
@@ -30,7 +35,9 @@ def generate_launch_description() -> LaunchDescription:
                       'evaluate_on_start': True, 'shutdown_after_evaluation': True, 'step_mode': 'lockstep',
                       'num_chains': ParameterValue(LaunchConfiguration('num_chains'), value_type=int),
                       'chain_offset': ParameterValue(LaunchConfiguration('chain_offset'), value_type=int),
-                      'backend': LaunchConfiguration('backend')}])
+                      'backend': LaunchConfiguration('backend'),
+                      'results_file': ParameterValue(LaunchConfiguration('results_file'), value_type=str),
+                      'resume': ParameterValue(LaunchConfiguration('resume'), value_type=bool)}])
     policy = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([share, 'launch', 'policy.launch.py'])),
         launch_arguments={'params_file': params_file, 'sim': 'false',
@@ -40,6 +47,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('num_chains', default_value='10', description='Chains to evaluate'),
         DeclareLaunchArgument('chain_offset', default_value='0', description='First chain of the fixed list'),
         DeclareLaunchArgument('backend', default_value='embedded', description='embedded | calvin'),
+        DeclareLaunchArgument('results_file', default_value='',
+                              description='JSON Lines file each chain is appended to (empty: a new one under '
+                                          '$ROS_HOME/deer_ros/evaluations)'),
+        DeclareLaunchArgument('resume', default_value='false',
+                              description='true: continue results_file, keeping its finished chains'),
         *(DeclareLaunchArgument(name, default_value='', description='see policy.launch.py; empty = params file')
           for name in POLICY_ARGUMENTS),
         policy,

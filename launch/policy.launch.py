@@ -1,7 +1,15 @@
 """Start the DeeR policy node with config/deer.yaml; ``sim:=true`` adds the CALVIN simulator bridge.
 
     ros2 launch deer_ros policy.launch.py
+    ros2 launch deer_ros policy.launch.py sim:=true instruction:='open the drawer'
     ros2 launch deer_ros policy.launch.py checkpoint:=/data/deer_ckpt budget_avg_gflops:=0.07 sim:=true
+
+With ``sim:=true`` the bridge plays freely: it publishes ``instruction`` (latched)
+and steps the simulator with every action. Without an instruction the policy
+only holds; give one here or later (docs/nodes.md):
+
+    ros2 topic pub --once --qos-durability transient_local --qos-reliability reliable \
+        /instruction std_msgs/msg/String "{data: 'open the drawer'}"
 
 Budget and model arguments left empty keep the values of the params file, so
 editing config/deer.yaml is never silently overridden by a launch default.
@@ -11,6 +19,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 
@@ -35,13 +44,16 @@ def _nodes(context):
     overrides = {name: cast(LaunchConfiguration(argument).perform(context))
                  for argument, (name, cast) in POLICY_OVERRIDES.items()
                  if LaunchConfiguration(argument).perform(context) != ''}
+    instruction = LaunchConfiguration('instruction').perform(context)
+    # value_type str: launch would read an instruction such as 'yes' as YAML (a boolean)
+    bridge_overrides = {'instruction': ParameterValue(instruction, value_type=str)} if instruction else {}
     use_sim_time = LaunchConfiguration('use_sim_time').perform(context).lower() == 'true'
     log_level = ['--ros-args', '--log-level', LaunchConfiguration('log_level').perform(context)]
     return [
         Node(package='deer_ros', executable='policy_node', name='deer_policy', output='screen', emulate_tty=True,
              parameters=[params_file, overrides, {'use_sim_time': use_sim_time}], arguments=log_level),
         Node(package='deer_ros', executable='calvin_bridge_node', name='calvin_bridge', output='screen',
-             emulate_tty=True, parameters=[params_file], arguments=log_level,
+             emulate_tty=True, parameters=[params_file, bridge_overrides], arguments=log_level,
              condition=IfCondition(LaunchConfiguration('sim'))),
     ]
 
@@ -66,6 +78,10 @@ def generate_launch_description() -> LaunchDescription:
                               description='Shipped config name or file when no checkpoint; empty = params file'),
         DeclareLaunchArgument('device', default_value='', description='Torch device; empty = params file'),
         DeclareLaunchArgument('sim', default_value='false', description='Also start the CALVIN simulator bridge'),
+        DeclareLaunchArgument('instruction', default_value='',
+                              description='sim:=true: the instruction free play starts with (the bridge publishes it '
+                                          'latched); empty = params file (none: the policy holds until one is '
+                                          'published on /instruction)'),
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='Policy node on /clock time (its watchdog stays on the steady clock)'),
         DeclareLaunchArgument('log_level', default_value='info'),

@@ -13,8 +13,8 @@
 #      evaluation.json into deer_ros/pretrained/tiny/
 #
 # Knobs (environment variables, defaults in brackets): WORK [runs/default_policy], DEMOS [400],
-# CHAIN_LENGTH [1], JOINT_STEPS [2000], HEAD_STEPS [300], PROPRIO_STEPS [2250], BATCH [4], TEXT_STEPS [4000],
-# TEXT_HEAD_STEPS [300], TEXT_BATCH [8], EXIT_HEAD_STEPS [600], CHAINS [32],
+# CHAIN_LENGTH [1], JOINT_STEPS [2000], HEAD_STEPS [300], PROPRIO_STEPS [2250], PROPRIO_HEAD_STEPS [200], BATCH [4],
+# TEXT_STEPS [4000], TEXT_HEAD_STEPS [300], TEXT_BATCH [8], EXIT_HEAD_STEPS [600], CHAINS [32],
 # THREADS [1], SEED [1], INSTALL_DIR [deer_ros/pretrained/tiny].
 # Re-running skips a finished collection and resumes an interrupted training run.
 # --state-weight 1: the tiny model's vision stack starts from random weights; without the robot-state
@@ -35,6 +35,7 @@ CHAIN_LENGTH="${CHAIN_LENGTH:-1}"
 JOINT_STEPS="${JOINT_STEPS:-2000}"
 HEAD_STEPS="${HEAD_STEPS:-300}"
 PROPRIO_STEPS="${PROPRIO_STEPS:-2250}"
+PROPRIO_HEAD_STEPS="${PROPRIO_HEAD_STEPS:-200}"
 BATCH="${BATCH:-4}"
 TEXT_STEPS="${TEXT_STEPS:-4000}"
 TEXT_HEAD_STEPS="${TEXT_HEAD_STEPS:-300}"
@@ -64,9 +65,9 @@ echo "== train: $JOINT_STEPS joint + $HEAD_STEPS head steps"
   --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume
 echo "== train done at ${SECONDS}s"
 
-echo "== train with proprioception: $PROPRIO_STEPS joint + 200 head steps"
+echo "== train with proprioception: $PROPRIO_STEPS joint + $PROPRIO_HEAD_STEPS head steps"
 "$PY" -m deer_ros.cli train --data "$WORK/data" --output "$WORK/train_proprio" --model "$WORK/train/policy" \
-  --add-proprio --joint-steps "$PROPRIO_STEPS" --head-steps 200 --batch-size "$BATCH" \
+  --add-proprio --joint-steps "$PROPRIO_STEPS" --head-steps "$PROPRIO_HEAD_STEPS" --batch-size "$BATCH" \
   --lr 3e-4 --head-lr-scale 1 --head-stage-lr 1e-4 --warmup-steps 25 --schedule cosine --state-weight 1 --task-weight 0.1 \
   --log-every 25 --eval-every 200 --save-every 200 --val-windows 64 --calibration-windows 0 \
   --threads "$THREADS" --num-workers 1 --seed "$SEED" --no-progress --resume

@@ -80,6 +80,12 @@ class ResultsFile:
         self.records[record['index']] = dict(record)
 
 
+def recorded(path: Path | str) -> dict[int, dict[str, Any]]:
+    """The chain records ``path`` holds (the last one of each index), read without opening it for a run:
+    what a stopped evaluation kept. A line cut short is left out."""
+    return _read(Path(path))[1]
+
+
 def _as_json(value: Mapping[str, Any]) -> dict[str, Any]:
     """As the file will hold it (tuples become lists), so fresh settings compare equal to read ones."""
     return json.loads(json.dumps(dict(value)))

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "composed from calvin_env's conf/)")
     parser.add_argument('--max-steps', type=int, default=360, help='step budget per subtask (CALVIN: 360)')
     parser.add_argument('--timeout', type=float, default=3600.0, help='give up after this many seconds')
+    parser.add_argument('--results', type=Path, default=None,
+                        help='JSON Lines file the bridge appends each chain to as it ends (default: chains.jsonl '
+                             'beside the node logs)')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue the run in --results: its finished chains are kept, the others run (failed '
+                             'ones again); same policy, budget and chains as it was started with')
     parser.add_argument('--seed', type=int, default=0)
 
 
@@ -111,9 +117,11 @@ def run(args: argparse.Namespace) -> int:
     budget = _budget(args)
     if args.synthetic:
         return run_synthetic(source, budget, args.steps, args.seed)
+    if args.resume and args.results is None:
+        raise SystemExit('deer-ros demo --resume: give the --results file to continue')
     if args.sim == 'calvin':
         check_calvin(args.calvin_dataset)
     from deer_ros.cli.demo_ros import run_ros_chains
     overrides = {name: getattr(budget, name) or 0.0 for name in ('avg_gflops', 'peak_gflops', 'max_memory_mb')}
     return run_ros_chains(source, args.params_file, overrides, args.chains, args.max_steps, args.sim,
-                          args.calvin_dataset, args.timeout)
+                          args.calvin_dataset, args.timeout, args.results, args.resume)

@@ -9,6 +9,7 @@ Lock-step vs fixed rate: see :mod:`deer_ros.nodes.bridge`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -28,8 +29,9 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from deer_ros.benchmark.backends import build_sim_factory
-from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, disjoint_subsets, generate_chains
-from deer_ros.benchmark.evaluation import Simulator, run_chain
+from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, Chain, disjoint_subsets, generate_chains
+from deer_ros.benchmark.evaluation import ChainResult, Simulator, recorded_results, run_chain, run_settings
+from deer_ros.benchmark.results_file import ResultsFile
 from deer_ros.calvin_layout import EP_LEN
 from deer_ros.msg import ArmAction, ExitStats
 from deer_ros.nodes.bridge import (
@@ -37,10 +39,10 @@ from deer_ros.nodes.bridge import (
     ActionMailbox,
     EvaluationTally,
     Interrupted,
-    PolicyTimeout,
     RosPolicy,
     StepStats,
     received_action,
+    run_chain_surviving,
 )
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
 from deer_ros.nodes.messages import joint_state_msg, stamp_ns, tcp_pose_msg
@@ -64,8 +66,12 @@ PARAMETERS = (
     ParamSpec('step_mode', 'lockstep', 'lockstep: step the simulator once per policy action (CALVIN protocol, '
               'independent of inference speed); fixed_rate: step at 30 Hz with the newest action or a hold.',
               read_only=True, choices=STEP_MODES),
-    ParamSpec('action_timeout_s', 30.0, 'Lock-step evaluation: abort when the policy answers no frame for this '
-              'long.', limits=(0.1, 3600.0)),
+    ParamSpec('action_timeout_s', 30.0, 'Lock-step evaluation: a chain fails (recorded with the reason; the '
+              'evaluation goes on) when the policy answers its current frame for this long, re-sends included.',
+              limits=(0.1, 3600.0)),
+    ParamSpec('policy_restart_timeout_s', 120.0, 'Evaluation: when the policy is lost mid-chain (nothing publishes '
+              'arm_action, or a new node does), wait this long for one; the chain then starts again from its '
+              'initial state, else it fails and the evaluation ends.', limits=(0.1, 86400.0)),
     ParamSpec('republish_period_s', 0.2, 'Lock-step: re-send the current frame (same stamp) this often while '
               'waiting, so the policy does not see its inputs go stale.', read_only=True, limits=(0.01, 10.0)),
     ParamSpec('instruction', '', 'Instruction published (latched) during free play; evaluation publishes each '
@@ -78,8 +84,15 @@ PARAMETERS = (
               limits=(0, DEFAULT_NUM_CHAINS - 1)),
     ParamSpec('chain_seed', DEFAULT_SEED, 'Seed of the fixed chain list.', limits=(0, 2 ** 31 - 1)),
     ParamSpec('max_steps', EP_LEN, 'Step budget per subtask (CALVIN: 360 = 12 s at 30 Hz).', limits=(1, 100000)),
-    ParamSpec('shutdown_after_evaluation', False, 'Exit once an evaluation run finished (for benchmark launches).',
-              read_only=True),
+    ParamSpec('shutdown_after_evaluation', False, 'Exit once an evaluation run finished (for benchmark launches): '
+              'exit code 0 only if every chain ran to its end.', read_only=True),
+    ParamSpec('results_file', '', 'Evaluation: JSON Lines file each chain is appended to as it ends (a killed run '
+              'keeps what it finished); empty = a new file $ROS_HOME/deer_ros/evaluations/calvin_bridge_<time>'
+              '.chains.jsonl (ROS_HOME: ~/.ros).'),
+    ParamSpec('resume', False, 'Evaluation: continue results_file (which must be given): its finished chains are '
+              'kept, the others run (failed ones again); the settings must be those it was started with.'),
+    ParamSpec('policy_label', '', 'Names the policy under evaluation in the results file (the bridge cannot see '
+              'it), so a resume with another policy is refused.'),
     ParamSpec('frame_id', 'world', 'frame_id of the TCP pose.'),
 )
 
@@ -99,6 +112,7 @@ class CalvinBridgeNode(Node):
         self._evaluate = threading.Event()
         self._instruction: str | None = None
         self._last_frame: tuple[Obs, Header] | None = None
+        self._chain_policy: set[bytes] = set()  # arm_action endpoints when the current chain (re)started
         self.evaluating = False
         self.done = Future()  # completes when the simulator thread ends
 
@@ -188,11 +202,13 @@ class CalvinBridgeNode(Node):
 
     # ---- simulator thread
     def _policy(self, interrupted: Any, *, evaluating: bool) -> RosPolicy:
-        """Free play waits forever and executes holds; an evaluation times out and steps on policy actions only."""
+        """Free play waits forever and executes holds; an evaluation times out, steps on policy actions only and
+        notices a lost policy."""
         return RosPolicy(self._announce, self._publish, self._republish, self._reset_policy, interrupted,
                          self.mailbox, mode=self.values['step_mode'],
                          timeout=self.get_parameter('action_timeout_s').value if evaluating else float('inf'),
-                         republish_period=self.values['republish_period_s'], holds_step=not evaluating)
+                         republish_period=self.values['republish_period_s'], holds_step=not evaluating,
+                         policy_problem=self._policy_problem if evaluating else lambda: None)
 
     def _run(self) -> None:
         try:
@@ -208,9 +224,10 @@ class CalvinBridgeNode(Node):
             self.get_logger().info(f'{self.values["backend"]} simulator ready ({self.values["step_mode"]})')
             while not self._stop.is_set():
                 if self._evaluate.is_set():
-                    self._run_evaluation(sim)
+                    evaluated = self._run_evaluation(sim)
                     obs = sim.env.get_obs()
                     if self.values['shutdown_after_evaluation']:
+                        ok = evaluated  # the exit code tells a benchmark launch whether every chain ran
                         break
                 try:
                     obs = self._free_play(sim, obs)
@@ -235,8 +252,27 @@ class CalvinBridgeNode(Node):
             action = policy.step(obs, self.get_parameter('instruction').value)
             obs, *_ = sim.env.step(action)
 
-    def _wait_for_policy(self) -> None:
-        """Until some node publishes actions (a policy may take minutes to load its model), then its exit statistics.
+    def _policy_gids(self) -> set[bytes]:
+        return {bytes(info.endpoint_gid) for info in self.get_publishers_info_by_topic(self.action_sub.topic_name)}
+
+    def _policy_problem(self) -> str | None:
+        """Why the policy a chain started with cannot answer any more, or ``None``: checked while a frame waits.
+
+        A new publisher on arm_action means a policy (re)started: whatever it does, the history of this chain
+        is not in it. A publisher that went away is noticed when its endpoint is gone (at once for a stopped
+        node; a killed one lingers until DDS gives up on it, or its answers simply stop: ``action_timeout_s``).
+        """
+        gids = self._policy_gids()
+        topic = self.action_sub.topic_name
+        if not gids:
+            return f'no node publishes {topic}: is deer_policy running?'
+        if gids - self._chain_policy:
+            return f'a new node publishes {topic} (a policy restarted?): the history of this chain is gone'
+        return None
+
+    def _wait_for_policy(self, timeout: float = float('inf')) -> bool:
+        """Until some node publishes actions (a policy may take minutes to load its model), then its exit
+        statistics; ``False`` if none did within ``timeout``.
 
         Actions and ExitStats are separate DDS endpoints, matched one after the other. ExitStats are kept
         for late readers (``EXIT_STATS_QOS``), so a late match no longer loses the first steps' figures;
@@ -244,14 +280,17 @@ class CalvinBridgeNode(Node):
         it is evaluated after a short grace, without GFLOPs, and the log says so.
         """
         topic = self.action_sub.topic_name
+        deadline = time.monotonic() + timeout
         while self.action_sub.get_publisher_count() == 0:
+            if time.monotonic() > deadline:
+                return False
             if self._stop.wait(0.5):
                 raise Interrupted()
             self.get_logger().info(f'waiting for a policy publishing on {topic}', throttle_duration_sec=10.0)
         stats = self.stats_sub.topic_name
-        deadline = time.monotonic() + STATS_DISCOVERY_GRACE_S
+        grace = time.monotonic() + STATS_DISCOVERY_GRACE_S
         while self.stats_sub.get_publisher_count() == 0:
-            if time.monotonic() > deadline:
+            if time.monotonic() > grace:
                 self.get_logger().warning(f'no publisher on {stats}: evaluating without GFLOPs figures')
                 break
             if self._stop.wait(0.1):
@@ -259,35 +298,108 @@ class CalvinBridgeNode(Node):
         if not self.reset_client.wait_for_service(timeout_sec=5.0):
             self.get_logger().warning(f'{self.reset_client.srv_name} not available: evaluating without policy '
                                       'resets')
+        return True
 
-    def _run_evaluation(self, sim: Simulator) -> None:
+    def _policy_back(self, reason: str) -> bool:
+        """After the policy was lost mid-chain: say so, wait for one (``policy_restart_timeout_s``)."""
+        timeout = self.get_parameter('policy_restart_timeout_s').value
+        self.get_logger().warning(f'policy lost: {reason}; waiting up to {timeout:g} s for a policy, then the chain '
+                                  'starts again from its initial state')
+        if self._policy_gids() - self._chain_policy:  # a new one is already there
+            back = self._wait_for_policy(0.0)
+        else:
+            # the old endpoint may linger: wait for it to go, or for a new one
+            deadline = time.monotonic() + timeout
+            while not (self._policy_gids() - self._chain_policy):
+                if time.monotonic() > deadline:
+                    break
+                if self._stop.wait(0.2):
+                    raise Interrupted()
+            back = bool(self._policy_gids() - self._chain_policy) and self._wait_for_policy(0.0)
+        if back:
+            self.get_logger().info('a policy publishes arm_action again: the chain starts again')
+        else:
+            self.get_logger().error(f'no policy came back within {timeout:g} s')
+        return back
+
+    def _attempt(self, sim: Simulator, policy: RosPolicy, chain: Chain, index: int, max_steps: int) -> ChainResult:
+        """One run of a chain from its initial state, against the policy publishing now."""
+        policy.executed.clear()
+        self._chain_policy = self._policy_gids()
+        try:
+            return run_chain(sim, policy, chain, index, max_steps)
+        except Exception as error:
+            if self._stop.is_set() or not self.context.ok():  # shutting down: not the chain's fault
+                raise Interrupted() from error
+            raise
+
+    def _results_file(self, chains: list[Chain], settings: dict[str, Any]) -> ResultsFile:
+        """The evaluation's results file (``results_file``, else a new one under ROS_HOME), opened or resumed."""
+        path, resume = self.get_parameter('results_file').value, self.get_parameter('resume').value
+        if not path:
+            if resume:
+                raise ValueError('resume:=true needs the results_file to continue')
+            home = Path(os.environ.get('ROS_HOME') or Path.home() / '.ros')
+            path = home / 'deer_ros' / 'evaluations' / f'calvin_bridge_{time.strftime("%Y%m%d_%H%M%S")}.chains.jsonl'
+        return ResultsFile.open(path, settings, resume)
+
+    def _run_evaluation(self, sim: Simulator) -> bool:
+        """One evaluation run: every chain is recorded as it ends; ``True`` if every chain ran to its end."""
         self.evaluating = True
         self._evaluate.clear()
         num, offset, seed, max_steps = (self.get_parameter(name).value
                                         for name in ('num_chains', 'chain_offset', 'chain_seed', 'max_steps'))
-        tally = EvaluationTally({'backend': self.values['backend'], 'scene': self.values['scene'],
-                                 'step_mode': self.values['step_mode'], 'chain_offset': offset, 'chain_seed': seed,
-                                 'max_steps': max_steps})
+        [chains] = disjoint_subsets(generate_chains(self.tasks, DEFAULT_NUM_CHAINS, seed), [num], offset)
+        settings = {'evaluator': NODE_NAME, 'policy': self.get_parameter('policy_label').value,
+                    'backend': self.values['backend'], 'scene': self.values['scene'],
+                    'step_mode': self.values['step_mode'], 'chain_offset': offset, 'chain_seed': seed,
+                    **run_settings(chains, max_steps)}
+        tally = EvaluationTally(settings)
         try:
-            [chains] = disjoint_subsets(generate_chains(self.tasks, DEFAULT_NUM_CHAINS, seed), [num], offset)
+            results = self._results_file(chains, settings)
+            done = recorded_results(results, chains, max_steps, first_index=offset)
+            for index in sorted(done):
+                self.chain_pub.publish(String(data=json.dumps(tally.add_record(results.records[index]))))
+            self.get_logger().info(f'results file: {results.path}' + (f' ({len(done)} of {len(chains)} chains '
+                                                                       'recorded)' if done else ''))
             policy = self._policy(self._stop.is_set, evaluating=True)
             self._wait_for_policy()
-            self.get_logger().info(f'evaluating {len(chains)} chains from offset {offset}')
+            self.get_logger().info(f'evaluating {len(chains) - len(done)} chains from offset {offset}')
             stats_timeout = self.get_parameter('action_timeout_s').value
+            restart_timeout = self.get_parameter('policy_restart_timeout_s').value
             for index, chain in enumerate(chains, start=offset):
-                policy.executed.clear()
-                result = run_chain(sim, policy, chain, index, max_steps)
-                chain_json = tally.add(result, self.step_stats.collect(list(policy.executed), timeout=stats_timeout))
+                if index in done:
+                    continue
+                if self.action_sub.get_publisher_count() == 0 and not self._wait_for_policy(restart_timeout):
+                    tally.error = f'no node publishes {self.action_sub.topic_name}: is deer_policy running?'
+                    break
+                started = time.monotonic()
+                outcome = run_chain_surviving(lambda: self._attempt(sim, policy, chain, index, max_steps),
+                                              index, chain, self._policy_back)
+                result = outcome.result
+                rows = (self.step_stats.collect(list(policy.executed), timeout=stats_timeout)
+                        if result.error is None else np.zeros((0, len(StepStats.COLUMNS))))
+                chain_json = tally.add(result, rows, outcome.restarted, round(time.monotonic() - started, 3))
+                results.append(tally.record(index))
                 self.chain_pub.publish(String(data=json.dumps(chain_json)))
-                self.get_logger().info(f'chain {index}: {result.successes}/5 subtasks')
-        except (PolicyTimeout, ValueError) as failure:
+                restarted = f' (started again {outcome.restarted} times: policy lost)' if outcome.restarted else ''
+                if result.error is None:
+                    self.get_logger().info(f'chain {index}: {result.successes}/5 subtasks{restarted}')
+                else:
+                    self.get_logger().error(f'chain {index} failed: {result.error}')
+                if outcome.policy_gone:
+                    tally.error = f'the policy is gone: {result.error}'
+                    break
+        except (FileExistsError, ValueError, OSError) as failure:  # the results file cannot be written or resumed
             tally.error = str(failure)
-            self.get_logger().error(f'evaluation aborted: {tally.error}')
         finally:
             self.evaluating = False
+        if tally.error is not None:
+            self.get_logger().error(f'evaluation stopped early: {tally.error}')
         self.summary_pub.publish(String(data=json.dumps(tally.summary())))
         self.get_logger().info('evaluation finished\n' + tally.format_table())
         self._announce(self.get_parameter('instruction').value)
+        return tally.ok
 
     def stop(self) -> None:
         self._stop.set()

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from benchmark_scripts import load_benchmark
 
-from deer_ros.policy.runtime import PolicyRuntime
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,8 +51,9 @@ def test_tradeoff_headlines_judge_equal_success_strictly_and_paired() -> None:
 
 
 def test_demo_synthetic_mode_reports_exits_and_cost() -> None:
-    done = subprocess.run([sys.executable, '-m', 'deer_ros.cli', 'demo', '--source', 'tiny', '--synthetic', '--steps', '20',
-                           '--avg-gflops', '0.2'], check=True, cwd=ROOT, timeout=600, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, '-m', 'deer_ros.cli', 'demo', '--source', 'tiny', '--synthetic',
+                           '--steps', '20', '--avg-gflops', '0.2'], check=True, cwd=ROOT, timeout=600,
+                          capture_output=True, text=True)
     assert 'exit histogram' in done.stdout and 'LLM GFLOPs   avg' in done.stdout and 'p99' in done.stdout
 
 
@@ -64,25 +63,99 @@ def test_demo_runs_a_short_chain_through_ros_with_the_shipped_policy(ros_domain_
                            '--timeout', '300'], check=True, cwd=ROOT, timeout=400, capture_output=True, text=True)
     assert 'deer_ros/pretrained/tiny' in done.stdout
     assert 'chains: 1   average successful length: 0.000' in done.stdout  # 4 steps cannot finish a subtask
+    assert 'chain 0: 0/5 subtasks, steps [4]' in done.stdout  # read back from the results file
     assert 'exit histogram: exit' in done.stdout and 'LLM GFLOPs   avg' in done.stdout and 'p99' in done.stdout
 
 
-def test_reproduce_script_runs_end_to_end_in_a_smoke_run(tmp_path: Path) -> None:
-    """collect -> train -> + proprio -> + sentence encoder -> 12 exits -> calibrate -> evaluate -> install.
+def test_demo_reports_a_dead_node_with_its_log_and_the_chains_it_kept(tmp_path: Path) -> None:
+    """What the demo prints when the bridge dies: why (its exit and last log lines, not only a code) and every
+    chain the results file holds, the failed and restarted ones marked."""
+    import numpy as np
 
-    12 demos, so the validation split (10 %) that calibration is collected on is not empty.
-    """
-    installed = tmp_path / 'installed'
-    env = {**os.environ, 'WORK': str(tmp_path / 'work'), 'DEMOS': '12', 'JOINT_STEPS': '2', 'HEAD_STEPS': '1',
-           'PROPRIO_STEPS': '2', 'BATCH': '2', 'TEXT_STEPS': '2', 'TEXT_HEAD_STEPS': '1', 'TEXT_BATCH': '2',
-           'EXIT_HEAD_STEPS': '1', 'CHAINS': '1',
-           'INSTALL_DIR': str(installed)}
+    from deer_ros.benchmark.chains import Chain, SymbolicState
+    from deer_ros.benchmark.evaluation import ChainResult
+    from deer_ros.benchmark.results_file import ResultsFile
+    from deer_ros.cli.demo_ros import NodeRun, format_chains
+    from deer_ros.nodes.bridge import EvaluationTally
+
+    lines = [f'line {i}' for i in range(30)] + ['[FATAL] [calvin_bridge]: cannot start: no simulator']
+    node = NodeRun('bridge', [sys.executable, '-c', f'print({chr(10).join(lines)!r}); raise SystemExit(3)'],
+                   dict(os.environ), tmp_path).start()
+    node.process.wait(60)
+    death = node.death()
+    assert death.startswith('the bridge node exited with code 3') and str(node.log_path) in death
+    assert death.endswith('cannot start: no simulator') and 'line 15' not in death and 'line 16' in death
+
+    chain = Chain(SymbolicState(0, 1, 'right', 'closed', 'table', 'slider_left', 'table'),
+                  ('turn_on_led', 'open_drawer', 'move_slider_left', 'turn_off_lightbulb', 'push_red_block_left'))
+    tally = EvaluationTally({})
+    tally.add(ChainResult(0, chain, 1, [30, 360]), np.zeros((0, 4)), 1)
+    tally.add(ChainResult.failed(1, chain, 'PolicyTimeout: no action'), np.zeros((0, 4)))
+    results = ResultsFile.open(tmp_path / 'chains.jsonl', {'scene': 'D'})
+    for index in (0, 1):
+        results.append(tally.record(index))
+    assert format_chains(results.path) == [
+        '  chain 0: 1/5 subtasks, steps [30, 360] (started again 1 times: the policy was lost)',
+        '  chain 1: failed: PolicyTimeout: no action']
+    refused = subprocess.run([sys.executable, '-m', 'deer_ros.cli', 'demo', '--resume'], cwd=ROOT, timeout=120,
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and 'give the --results file to continue' in refused.stderr
+
+
+FAKE_PYTHON = """#!{python}
+# Stands in for the venv's python under scripts/reproduce_default_policy.sh: records each `-m deer_ros.cli ...`
+# and leaves the files the real subcommand would, so the script runs through in a second.
+import json, pathlib, sys
+argv = sys.argv[1:]
+with open({log!r}, 'a') as log:
+    log.write(json.dumps(argv) + '\\n')
+command, options = argv[2], argv[3:]
+output = pathlib.Path(options[options.index('--output') + 1])
+if command == 'collect':
+    output.mkdir(parents=True)
+    print(json.dumps({{'episodes': 12}}))
+elif command == 'train':
+    (output / 'policy').mkdir(parents=True, exist_ok=True)
+    for name in ('config.json', 'model.safetensors', 'calibration.npz'):
+        (output / 'policy' / name).write_text('{{}}')
+    (output / 'train_config.json').write_text('{{}}')
+elif command == 'evaluate':
+    output.write_text(json.dumps({{'num_chains': 1}}))
+"""
+
+
+def test_reproduce_script_stages_are_valid_commands(tmp_path: Path) -> None:
+    """Reduced form of the smoke run (the full one, minutes long: benchmarks/reproduce_smoke.py): every stage of
+    scripts/reproduce_default_policy.sh is a command line the real `deer-ros` parser accepts, each stage starts
+    from the one before it, the knobs reach their options, and the install step copies the five files."""
+    import argparse
+    import importlib
+
+    from deer_ros.cli import SUBCOMMANDS
+
+    log = tmp_path / 'commands.jsonl'
+    fake = tmp_path / 'python'
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable, log=str(log)))
+    fake.chmod(0o755)
+    installed, work = tmp_path / 'installed', tmp_path / 'work'
+    env = {**os.environ, 'PYTHON': str(fake), 'WORK': str(work), 'DEMOS': '12', 'JOINT_STEPS': '2',
+           'HEAD_STEPS': '1', 'CHAINS': '3', 'INSTALL_DIR': str(installed)}
     subprocess.run(['bash', str(ROOT / 'scripts' / 'reproduce_default_policy.sh')], env=env, check=True, cwd=ROOT,
-                   timeout=900, capture_output=True)
+                   timeout=60, capture_output=True)
+    commands = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [argv[:3] for argv in commands] == [['-m', 'deer_ros.cli', name] for name in
+                                               ('collect', 'train', 'train', 'train', 'train', 'evaluate')]
+    parsed = []
+    for argv in commands:
+        parser = argparse.ArgumentParser()
+        importlib.import_module(SUBCOMMANDS[argv[2]][0]).add_arguments(parser)
+        parsed.append(parser.parse_args(argv[3:]))  # exits (fails the test) on an option the CLI does not have
+    collect, *trains, evaluate = parsed
+    assert collect.episodes == 12 and trains[0].model == 'tiny'
+    assert (trains[0].joint_steps, trains[0].head_steps) == (2, 1)
+    for before, after in zip(trains, trains[1:]):
+        assert after.model == f'{before.output}/policy' and after.data == [str(collect.output)]
+    assert trains[1].add_proprio and trains[2].sentence_encoder and trains[3].exit_interval == 1
+    assert evaluate.policy_kwargs == {'source': f'{trains[3].output}/policy'} and evaluate.num_chains == 3
     assert {p.name for p in installed.iterdir()} == {'config.json', 'model.safetensors', 'calibration.npz',
                                                      'train_config.json', 'evaluation.json'}
-    runtime = PolicyRuntime(installed)
-    assert runtime.config.use_proprio and runtime.config.decoder.tokenizer == 'minilm'
-    assert runtime.config.exit_layers == tuple(range(1, 13))
-    assert runtime.calibration_source.endswith('calibration.npz')
-    assert json.loads((installed / 'evaluation.json').read_text())['num_chains'] == 1

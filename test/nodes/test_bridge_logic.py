@@ -42,12 +42,16 @@ def test_gripper_latch_keeps_the_command_through_holds():
 
 
 def test_mailbox_gives_only_answers_to_the_current_frame():
+    """The answer for exactly the frame waited on (issue 18 §1: stamps name frames; the old ``newer_than_ns``
+    took any later stamp, and a later hold replaced an answer)."""
     mailbox = ActionMailbox()
     mailbox.put(received_action([0.0] * 6, GRIPPER_OPEN, False, 5))
-    assert mailbox.take(newer_than_ns=6, timeout=0.01) is None
+    assert mailbox.take(6, timeout=0.01) is None
     threading.Timer(0.05, lambda: mailbox.put(received_action([0.0] * 6, GRIPPER_OPEN, False, 6))).start()
-    assert mailbox.take(newer_than_ns=6, timeout=5.0).stamp_ns == 6
-    assert mailbox.take(timeout=0.0) is None  # taken actions are gone
+    assert mailbox.take(6, timeout=5.0).stamp_ns == 6
+    assert mailbox.take(6, timeout=0.0) is None  # taken actions are gone
+    assert mailbox.take(5, timeout=0.0) is None  # and answers to older frames with them
+    assert mailbox.take_newest() is None
 
 
 def test_step_stats_wait_for_late_exit_stats_and_summarise():
@@ -165,7 +169,7 @@ def test_lockstep_waits_through_holds_for_the_policy_action():
 def test_lockstep_timeout_says_the_policy_was_holding():
     loop = _Loop(answer=False)
     policy = loop.policy(timeout=0.3, republish_period=0.05, holds_step=False)
-    loop.mailbox.put(received_action([0.0] * 6, GRIPPER_OPEN, True, 99))
+    loop.mailbox.put(received_action([0.0] * 6, GRIPPER_OPEN, True, 10))  # for the frame it will wait on
     with pytest.raises(PolicyTimeout, match='answered with 1 holds'):
         policy.step({}, 'open the drawer')
 

@@ -1,4 +1,5 @@
-"""calvin_bridge over real DDS: observations out, actions in (lock-step), chain evaluation with deer_policy."""
+"""calvin_bridge over real DDS: observations out, actions in (lock-step), chain evaluation with deer_policy, and
+evaluations that survive a restarted policy, a killed bridge and a silent or vanished policy."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from ros_helpers import BackgroundSpinner, wait_for
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 
+from deer_ros.benchmark.results_file import recorded
 from deer_ros.calvin_layout import POS_SCALE
 from deer_ros.msg import ArmAction
 from deer_ros.nodes.messages import stamp_msg, stamp_ns
@@ -128,3 +130,84 @@ def test_bridge_evaluates_chains_against_the_policy_node(start_node, rclpy_conte
     assert wait_for(lambda: not bridge.running(), 20.0), 'shutdown_after_evaluation should end the bridge'
     assert bridge.stop() == 0, bridge.log
     assert 'policy state reset (service)' in policy.log
+
+
+def _static_stamps(robot: Robot) -> int:
+    """Distinct frames the bridge has published: one per simulator step in an evaluation."""
+    with robot.lock:
+        return len({stamp_ns(msg.header.stamp) for msg in robot.messages['camera/static/image_raw']})
+
+
+def _summary(robot: Robot) -> dict | None:
+    latest = robot.latest('evaluation/summary')
+    return None if latest is None else json.loads(latest.data)
+
+
+def test_evaluation_survives_the_policy_node_restarted_mid_chain(start_node, rclpy_context, tiny_checkpoint,
+                                                                  tmp_path):
+    """Kill the policy (SIGKILL: no goodbye) mid-chain and start a new one: the bridge notices the new node,
+    starts the chain again from its initial state (the history was lost with the old node) and marks it."""
+    policy_params = {**FAST_POLICY, 'checkpoint': str(tiny_checkpoint)}
+    policy = start_node('deer_ros.nodes.policy_node', params=policy_params)
+    results = tmp_path / 'chains.jsonl'
+    bridge = start_node(BRIDGE, params={'evaluate_on_start': True, 'shutdown_after_evaluation': True,
+                                        'num_chains': 1, 'max_steps': 40, 'results_file': str(results)})
+    robot = Robot(rclpy_context, answers=False)
+    with BackgroundSpinner(robot, context=rclpy_context):
+        assert wait_for(lambda: _static_stamps(robot) >= 5, STARTUP_S), bridge.log + policy.log
+        policy.process.kill()
+        policy.process.wait()
+        assert _summary(robot) is None, 'the chain ended before the policy was killed'
+        restarted = start_node('deer_ros.nodes.policy_node', params=policy_params)
+        assert wait_for(lambda: _summary(robot) is not None, STARTUP_S), bridge.log + restarted.log
+        summary = _summary(robot)
+        assert wait_for(lambda: robot.latest('evaluation/chain_result') is not None, 5.0)
+        chain = json.loads(robot.latest('evaluation/chain_result').data)
+    assert 'error' not in summary and summary['num_failed'] == 0, summary
+    assert summary['restarted_chains'] == {'0': 1} and chain['restarted'] == 1
+    assert chain['steps'] == [40] and summary['gflops']['policy_steps'] == 40  # the whole chain, once, afresh
+    assert 'policy lost: a new node publishes /arm_action' in bridge.log
+    assert recorded(results)[0]['restarted'] == 1
+    assert wait_for(lambda: not bridge.running(), 20.0) and bridge.stop() == 0, bridge.log
+
+
+def test_a_killed_bridge_keeps_its_finished_chains_and_a_resumed_run_completes(start_node, rclpy_context,
+                                                                               tiny_checkpoint, tmp_path):
+    policy = start_node('deer_ros.nodes.policy_node', params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint)})
+    results = tmp_path / 'chains.jsonl'
+    evaluation = {'evaluate_on_start': True, 'num_chains': 2, 'max_steps': 4, 'results_file': str(results)}
+    first = start_node(BRIDGE, params=evaluation)
+    assert wait_for(lambda: results.exists() and 0 in recorded(results), STARTUP_S), first.log + policy.log
+    first.process.kill()
+    first.process.wait()
+    kept = recorded(results)
+    second = start_node(BRIDGE, params={**evaluation, 'resume': True, 'shutdown_after_evaluation': True})
+    assert wait_for(lambda: not second.running(), STARTUP_S), second.log + policy.log
+    assert second.stop() == 0, second.log
+    assert f'({len(kept)} of 2 chains recorded)' in second.log
+    lines = [json.loads(line) for line in results.read_text().splitlines()[1:]]
+    assert sorted(line['index'] for line in lines) == [0, 1]  # chain 0 was kept, not run again
+    assert all(line['error'] is None and line['steps'] == [4] for line in lines)
+    assert lines[0] == kept[0]
+
+
+def test_a_silent_then_vanished_policy_fails_chains_and_the_bridge_exits_nonzero(start_node, rclpy_context,
+                                                                                  tmp_path):
+    """A publisher that never answers: the chain fails after action_timeout_s (re-sends included) and the next
+    one runs; then nothing publishes arm_action any more and none comes back: the run stops, exit code 1."""
+    bridge = start_node(BRIDGE, params={'evaluate_on_start': True, 'shutdown_after_evaluation': True,
+                                        'num_chains': 3, 'max_steps': 4, 'action_timeout_s': 1.0,
+                                        'policy_restart_timeout_s': 1.0, 'results_file': str(tmp_path / 'c.jsonl')})
+    robot = Robot(rclpy_context, answers=True)  # publishes on arm_action, never answers
+    with BackgroundSpinner(robot, context=rclpy_context):
+        assert wait_for(lambda: robot.latest('evaluation/chain_result') is not None, STARTUP_S), bridge.log
+        robot.destroy_publisher(robot.actions)
+        assert wait_for(lambda: _summary(robot) is not None, STARTUP_S), bridge.log
+        summary = _summary(robot)
+    first = summary['failed_chains'][0]
+    assert first['index'] == 0 and first['error'].startswith('PolicyTimeout: no action for the frame stamped')
+    assert 're-sent every 0.2 s (the policy sent nothing)' in first['error']
+    assert 'no node publishes /arm_action: is deer_policy running?' in summary['error']
+    assert summary['num_chains'] < 3 and summary['num_failed'] >= 1
+    assert wait_for(lambda: not bridge.running(), 20.0)
+    assert bridge.stop() == 1, bridge.log

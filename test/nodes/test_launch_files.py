@@ -90,3 +90,27 @@ def test_every_parameter_is_documented():
     doc = (ROOT / 'docs' / 'nodes.md').read_text()
     missing = [spec.name for _, specs in NODES.values() for spec in specs if f'`{spec.name}`' not in doc]
     assert not missing
+
+
+def _declared_arguments(tree: ast.AST) -> set[str]:
+    return {call.args[0].value for call in _calls(tree, 'DeclareLaunchArgument')
+            if isinstance(call.args[0], ast.Constant)}
+
+
+def test_policy_launch_gives_free_play_an_instruction():
+    """``sim:=true`` alone did nothing visible (an empty instruction): ``instruction:=`` reaches the bridge."""
+    tree = ast.parse((ROOT / 'launch' / 'policy.launch.py').read_text())
+    assert 'instruction' in _declared_arguments(tree)
+    overrides = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                     and getattr(node.targets[0], 'id', None) == 'bridge_overrides')
+    assert {key.value for key in overrides.body.keys} == {'instruction'} <= _declared(calvin_bridge_node.PARAMETERS)
+    [bridge] = [call for call in _calls(tree, 'Node') if _keyword(call, 'executable').value == 'calvin_bridge_node']
+    assert 'bridge_overrides' in {getattr(item, 'id', None) for item in _keyword(bridge, 'parameters').elts}
+    assert 'ros2 topic pub --once --qos-durability transient_local' in (ROOT / 'docs' / 'nodes.md').read_text()
+
+
+def test_benchmark_launch_keeps_results_and_resumes():
+    tree = ast.parse((ROOT / 'launch' / 'benchmark.launch.py').read_text())
+    assert {'results_file', 'resume'} <= _declared_arguments(tree)
+    [bridge] = _calls(tree, 'Node')
+    assert {'results_file', 'resume', 'shutdown_after_evaluation'} <= _parameter_names(bridge)
