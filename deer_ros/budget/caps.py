@@ -5,9 +5,19 @@ is capped at the largest exit that fits (DeeR §4.1, ``--max_layer``). The
 average budget is then solved over the capped exits only, so both hold at once.
 Memory is in MB of 2**20 bytes, the unit ``torch.cuda.max_memory_allocated() / 2**20``
 reports.
+
+Cost units (``budget.cost_unit``): deer_ros counts FLOPs with
+``torch.utils.flop_counter``, two per multiply-add; the DeeR paper and its
+code count multiply-accumulates (fvcore/thop), one per multiply-add. So
+"1.3 GFLOPs per layer" in the paper is 1.3 GMACs = 2.6 GFLOPs here. A budget
+given in ``gmacs`` is turned into GFLOPs (x2) by :func:`budget_in_gflops`
+before anything is solved; everything inside (cost tables, solvers, tracking)
+stays in GFLOPs. ``deer-ros cost --units gmacs`` prints the tables in the
+paper's unit.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -19,7 +29,27 @@ from deer_ros.budget.solver import DEFAULT_TOLERANCE, BudgetError, SolverResult,
 from deer_ros.model.cost import CostTable
 
 CostKind = Literal['llm', 'total']
+CostUnit = Literal['gflops', 'gmacs']
+COST_UNITS: tuple[str, ...] = ('gflops', 'gmacs')
+FLOPS_PER_MAC = 2
 BYTES_PER_MB = 2 ** 20
+
+
+def check_cost_unit(unit: str) -> CostUnit:
+    """Raise ``ValueError`` for a unit other than ``gflops`` / ``gmacs``."""
+    if unit not in COST_UNITS:
+        raise ValueError(f'cost unit must be one of {COST_UNITS}, got {unit!r}')
+    return unit  # type: ignore[return-value]
+
+
+def to_gflops(value: float, unit: CostUnit) -> float:
+    """A cost given in ``unit`` as GFLOPs (deer_ros's internal unit)."""
+    return value * FLOPS_PER_MAC if check_cost_unit(unit) == 'gmacs' else value
+
+
+def from_gflops(gflops: float, unit: CostUnit) -> float:
+    """A cost in GFLOPs expressed in ``unit`` (for reports in the paper's GMACs)."""
+    return gflops / FLOPS_PER_MAC if check_cost_unit(unit) == 'gmacs' else gflops
 
 
 @dataclass(frozen=True)
@@ -34,6 +64,17 @@ class Budget:
         for name in ('avg_gflops', 'peak_gflops', 'max_memory_mb'):
             if getattr(self, name) is not None:
                 check_budget(getattr(self, name), name)
+
+
+def budget_in_gflops(budget: Budget, unit: CostUnit) -> Budget:
+    """``budget`` with its compute limits, given in ``unit``, converted to GFLOPs (memory is unchanged).
+
+    The fields keep their names (``avg_gflops``, ``peak_gflops``: the node's
+    parameter names); ``unit`` says what the operator meant by the numbers.
+    """
+    converted = {name: to_gflops(value, unit) for name in ('avg_gflops', 'peak_gflops')
+                 if (value := getattr(budget, name)) is not None}
+    return dataclasses.replace(budget, **converted)
 
 
 @dataclass(frozen=True)

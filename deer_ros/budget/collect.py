@@ -22,8 +22,8 @@ from tqdm import tqdm
 from deer_ros.benchmark.dataset import ConcatenatedWindows, LanguageWindows
 from deer_ros.budget.calibration import CalibrationData
 from deer_ros.budget.exit_criterion import exit_consistency
-from deer_ros.model.modeling_deer import DeerVLA, LSTMState
-from deer_ros.model.tokenization import InstructionEncoder
+from deer_ros.model.family import AnyModel, TextEncoder
+from deer_ros.model.modeling_deer import LSTMState
 
 
 def default_positions(window: int) -> tuple[int, ...]:
@@ -43,7 +43,7 @@ def _repeat_state(state: LSTMState, times: int) -> LSTMState:
 
 
 @torch.no_grad()
-def window_consistency(model: DeerVLA, features: torch.Tensor, exits: np.ndarray, positions: Sequence[int],
+def window_consistency(model: AnyModel, features: torch.Tensor, exits: np.ndarray, positions: Sequence[int],
                        metric: str) -> np.ndarray:
     """Consistency rows for windows whose per-exit features are already computed.
 
@@ -74,13 +74,17 @@ def window_consistency(model: DeerVLA, features: torch.Tensor, exits: np.ndarray
 
 
 @torch.no_grad()
-def collect_calibration(model: DeerVLA, instruction_encoder: InstructionEncoder,
+def collect_calibration(model: AnyModel, instruction_encoder: TextEncoder,
                         windows: LanguageWindows | ConcatenatedWindows, *,
                         metric: str = 'rms', positions: Sequence[int] | None = None, batch_size: int = 8,
                         max_windows: int | None = None, seed: int = 0, progress: bool = True,
                         metadata: dict | None = None) -> CalibrationData:
     """Consistency matrix of ``model`` on (a random subset of) ``windows``.
 
+    Either model family: ``instruction_encoder`` is the family's
+    (:func:`~deer_ros.model.family.instruction_encoder_for`). For a DeeR-VLA
+    model the values are those of deer_ros's rule (exit k against exit k-1,
+    k >= 1), the rule its average budgets are solved for.
     ``windows`` must load ``rgb_static``, ``rgb_gripper`` and, for models using
     proprioception, ``robot_obs``. ``metadata`` (e.g. the checkpoint hash) is
     stored with the values next to what this function knows (window size,

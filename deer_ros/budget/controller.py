@@ -73,8 +73,9 @@ class ThresholdController:
         entry = find_refined(self.refined, budget.avg_gflops, solution.cap, self.cost_kind) if refined else None
         if entry is None:
             return solution
+        first_exit_checked = bool(entry.tuning.get('first_exit_checked', False))  # imported upstream thresholds
         return dataclasses.replace(solution, criterion=ExitCriterion(np.asarray(entry.thresholds),
-                                                                     self.calibration.metric))
+                                                                     self.calibration.metric, first_exit_checked))
 
     # ---- what is in force
     @property

@@ -18,6 +18,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'train': ('deer_ros.cli.train', 'Multi-exit training on CALVIN-format data.'),
     'calibrate': ('deer_ros.cli.calibrate', 'Collect consistency values for budget solving.'),
     'refine': ('deer_ros.cli.refine', 'Refine a budget\'s thresholds by Bayesian optimisation on simulator chains.'),
+    'import-upstream': ('deer_ros.cli.import_upstream', 'Import a published DeeR-VLA checkpoint (.pth) as a '
+                        'deer_ros checkpoint directory.'),
+    'cost': ('deer_ros.cli.cost', 'Per-exit compute (GFLOPs or GMACs) and memory of a model config or checkpoint.'),
 }
 
 

@@ -34,13 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from deer_ros.budget.collect import collect_calibration
     from deer_ros.budget.solver import feasible_range
     from deer_ros.model import load_model
+    from deer_ros.model.family import instruction_encoder_for
     from deer_ros.model.flops import cost_table_for
-    from deer_ros.model.tokenization import InstructionEncoder
 
     model = load_model(args.checkpoint, device=args.device)
     keys = ('rgb_static', 'rgb_gripper') + (('robot_obs',) if model.config.use_proprio else ())
     windows = LanguageWindows(args.data, window=args.window, stride=args.stride, keys=keys)
-    data = collect_calibration(model, InstructionEncoder(model.config.decoder), windows, metric=args.metric,
+    data = collect_calibration(model, instruction_encoder_for(model.config), windows, metric=args.metric,
                                batch_size=args.batch_size, max_windows=args.max_windows, seed=args.seed,
                                metadata={'checkpoint_sha256': checkpoint_sha256(args.checkpoint)})
     path = data.save(args.output or calibration_path(args.checkpoint))

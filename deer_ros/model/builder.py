@@ -1,4 +1,5 @@
-"""Build a :class:`DeerVLA` from a config, with pretrained decoder weights where the config asks for them."""
+"""Build a model of either family from a config (pretrained decoder weights where a ``DeerConfig`` asks), or load a
+checkpoint directory of either family."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,8 +7,11 @@ from pathlib import Path
 
 import torch
 
-from .configuration_deer import ConfigError, DeerConfig, load_config
-from .modeling_deer import CONFIG_NAME, DeerVLA
+from .configuration_deer import ConfigError, DeerConfig
+from .configuration_deer_vla import DeerVLAConfig
+from .family import AnyConfig, AnyModel, load_config, model_class_for, with_paths_from
+from .modeling_deer import CONFIG_NAME, CheckpointError, DeerVLA
+from .modeling_deer_vla import DeerVLAFlamingo
 from .pretrained_weights import decoder_state_dict
 
 # DecoderConfig field -> key in a transformers LlamaConfig dict
@@ -40,21 +44,31 @@ def load_pretrained_decoder(model: DeerVLA) -> None:
         layer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
 
-def build_model(config: DeerConfig) -> DeerVLA:
-    """A fresh model: random init, then pretrained decoder weights for ``smollm2``/``local`` sources."""
+def build_model(config: AnyConfig) -> AnyModel:
+    """A fresh model: random init, then pretrained decoder weights for ``smollm2``/``local`` sources.
+
+    A DeeR-VLA config gets random weights of the right shapes (cost counting,
+    timing, tests): its real weights come from the upstream files through
+    ``deer-ros import-upstream``, never from a config.
+    """
+    if isinstance(config, DeerVLAConfig):
+        return DeerVLAFlamingo(config)
     model = DeerVLA(config)
     if config.decoder.source != 'random':
         load_pretrained_decoder(model)
     return model
 
 
-def load_model(source: str | Path, num_exits: int | None = None, device: str | torch.device = 'cpu') -> DeerVLA:
-    """A checkpoint directory (``config.json`` + ``model.safetensors``), or a config name/file for a fresh model."""
+def load_model(source: str | Path, num_exits: int | None = None, device: str | torch.device = 'cpu') -> AnyModel:
+    """A checkpoint directory (``config.json`` + ``model.safetensors``) of either family, or a config name/file
+    for a fresh model."""
     path = Path(source)
     if path.is_dir() and (path / CONFIG_NAME).is_file():
-        return DeerVLA.from_pretrained(path, num_exits=num_exits, device=device)
+        model = model_class_for(load_config(path / CONFIG_NAME)).from_pretrained(path, num_exits=num_exits,
+                                                                                 device=device)
+        model.config = with_paths_from(model.config, path)
+        return model
     if path.is_dir():
-        from .modeling_deer import CheckpointError
         raise CheckpointError(f'checkpoint file not found: {path / CONFIG_NAME}')
     model = build_model(load_config(source))
     if num_exits is not None:

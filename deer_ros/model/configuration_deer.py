@@ -235,7 +235,7 @@ def _coerce_numbers(section: type, values: dict[str, Any], where: str) -> dict[s
 
 
 def shipped_config_path(name: str) -> Path:
-    """Path of a config shipped in ``config/`` (``tiny``, ``smollm2``, ``deer-3b``)."""
+    """Path of a config shipped in ``config/`` (``tiny``, ``smollm2``, ``deer-vla-3b``, ``deer-vla-9b``)."""
     from deer_ros.resources import config_dir  # local import: avoids a cycle at package import
     path = config_dir() / f'{name}.yaml'
     if not path.is_file():

@@ -48,17 +48,17 @@ def _counted_gflops(function, *args) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _parameter_bytes(modules: list[torch.nn.Module]) -> int:
+def parameter_bytes(modules: list[torch.nn.Module]) -> int:
     return sum(p.numel() * p.element_size() for module in modules for p in module.parameters())
 
 
-def _probe_text(model: AnyModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text input of the longest instruction the model reads, and its mask."""
+def _probe_text(model: AnyModel, device: torch.device, text_length: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text input of ``text_length`` tokens (default: the longest instruction the model reads), and its mask."""
     if isinstance(model, DeerVLAFlamingo):  # padding 'longest': a prompt costs at most max_length tokens
-        length = model.config.decoder.max_length
+        length = text_length or model.config.decoder.max_length
         return (torch.zeros(1, length, dtype=torch.long, device=device),
                 torch.ones(1, length, dtype=torch.long, device=device))
-    length = model.config.decoder.text_length
+    length = text_length or model.config.decoder.text_length
     if model.text_proj is None:
         text_input = torch.zeros(1, length, dtype=torch.long, device=device)
     else:  # the sentence encoder's states are cached per instruction: only their projection runs every step
@@ -66,26 +66,40 @@ def _probe_text(model: AnyModel, device: torch.device) -> tuple[torch.Tensor, to
     return text_input, torch.ones(1, length, dtype=torch.long, device=device)
 
 
+def llm_modules(model: AnyModel, layers: int) -> list[torch.nn.Module]:
+    """The decoder's modules resident at a cap of ``layers`` layers: text input, blocks, their cross-attention."""
+    if isinstance(model, DeerVLAFlamingo):
+        decoder = model.lang_encoder
+        return [decoder.wte, *decoder.blocks[:layers],
+                *(block for block in decoder.gated_cross_attn_layers[:layers] if block is not None)]
+    every = model.config.decoder.cross_attention_every
+    text = [module for module in (model.embed_tokens, model.text_proj) if module is not None]
+    return text + list(model.layers[:layers]) + list(model.cross_attention[:len(range(0, layers, every))])
+
+
 def _resident_modules(model: AnyModel, layers: int) -> list[torch.nn.Module]:
     if isinstance(model, DeerVLAFlamingo):
         return model.resident_modules(layers)
-    every = model.config.decoder.cross_attention_every
-    optional = (model.embed_tokens, model.text_proj, model.proprio_proj, model.proprio_to_exit)
+    optional = (model.proprio_proj, model.proprio_to_exit)
     shared = [model.vision_encoders, model.resamplers, model.action_head] + [m for m in optional if m is not None]
-    return shared + list(model.layers[:layers]) + list(model.cross_attention[:len(range(0, layers, every))])
+    return shared + llm_modules(model, layers)
 
 
-def count_cost_table(model: AnyModel) -> CostTable:
+def count_cost_table(model: AnyModel, text_length: int | None = None) -> CostTable:
     """Count per-exit LLM GFLOPs, vision and head GFLOPs, and resident parameter bytes per cap.
 
-    Runs with autograd enabled: ``FlopCounterMode``'s module tracker fails on
+    ``text_length``: text tokens the decoder reads; by default the most it
+    can read (``decoder.max_length`` / ``text_length``), so budgets solved
+    on the table hold for any instruction. ``deer-ros cost --prompt-tokens``
+    counts a given instruction length (the paper's figures assume a 13-token
+    CALVIN prompt: docs/model.md). Runs with autograd enabled: ``FlopCounterMode``'s module tracker fails on
     parameters used directly as activations under ``no_grad``.
     """
     device = next(model.parameters()).device
     static = torch.zeros(1, 200, 200, 3, dtype=torch.uint8, device=device)
     gripper = torch.zeros(1, 84, 84, 3, dtype=torch.uint8, device=device)
     proprio = torch.zeros(1, ROBOT_OBS_DIM, device=device) if model.config.use_proprio else None
-    text_input, mask = _probe_text(model, device)
+    text_input, mask = _probe_text(model, device, text_length)
 
     vision_gflops = _counted_gflops(model.encode_vision, static, gripper, proprio)
     visual = model.encode_vision(static, gripper, proprio)
@@ -100,7 +114,7 @@ def count_cost_table(model: AnyModel) -> CostTable:
         if remembered else 0.0
     if getattr(model.config, 'first_exit_reference', False):
         history_gflops += head_gflops
-    param_bytes = tuple(_parameter_bytes(_resident_modules(model, layers)) for layers in model.exit_layers)
+    param_bytes = tuple(parameter_bytes(_resident_modules(model, layers)) for layers in model.exit_layers)
     return CostTable(model.exit_layers, tuple(llm_gflops), vision_gflops, head_gflops, history_gflops, param_bytes)
 
 
@@ -130,19 +144,21 @@ def _code_fingerprint() -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_cost_table(fingerprint: str, config_json: str) -> CostTable:
-    path = cache_dir() / 'costs' / f'{fingerprint}-{_code_fingerprint()}.json'
+def _cached_cost_table(fingerprint: str, config_json: str, text_length: int | None) -> CostTable:
+    tokens = '' if text_length is None else f'-t{text_length}'
+    path = cache_dir() / 'costs' / f'{fingerprint}{tokens}-{_code_fingerprint()}.json'
     if path.is_file():
         return CostTable.from_json(path)
     config = config_from_dict(json.loads(config_json))
     with torch.device('meta'):
         model = model_class_for(config)(config)
-    table = count_cost_table(model)
+    table = count_cost_table(model, text_length)
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_json(path)
     return table
 
 
-def cost_table_for(config: AnyConfig) -> CostTable:
-    """The cost table of ``config`` (counted once on the meta device, then cached)."""
-    return _cached_cost_table(config.fingerprint(), json.dumps(config.to_dict(), sort_keys=True))
+def cost_table_for(config: AnyConfig, text_length: int | None = None) -> CostTable:
+    """The cost table of ``config`` for ``text_length`` text tokens (default: the most the model reads), counted
+    once on the meta device, then cached."""
+    return _cached_cost_table(config.fingerprint(), json.dumps(config.to_dict(), sort_keys=True), text_length)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -407,26 +407,7 @@ class DeerVLA(nn.Module):
 
     def load_safetensors(self, path: Path, device: str | torch.device = 'cpu') -> None:
         """Materialise parameters from ``path``; tensors of layers past the cap are skipped unread."""
-        expected = self.state_dict()
-        state: dict[str, torch.Tensor] = {}
-        problems: list[str] = []
-        with safe_open(str(path), framework='pt', device=str(device)) as handle:
-            available = set(handle.keys())
-            for name, reference in expected.items():
-                if name not in available:
-                    problems.append(f'missing tensor {name}')
-                    continue
-                shape = tuple(handle.get_slice(name).get_shape())
-                if shape != tuple(reference.shape):
-                    problems.append(f'{name}: checkpoint shape {shape} != model shape {tuple(reference.shape)}')
-                    continue
-                state[name] = handle.get_tensor(name)
-            unexpected = [name for name in available - set(expected) if not self._is_dropped_layer(name)]
-        problems += [f'unexpected tensor {name}' for name in sorted(unexpected)]
-        if problems:
-            shown = '; '.join(problems[:8]) + (f'; ... ({len(problems)} problems)' if len(problems) > 8 else '')
-            raise CheckpointError(f'{path} does not match the model config: {shown}')
-        self.load_state_dict(state, assign=True)
+        load_capped_safetensors(self, path, device, self._is_dropped_layer)
         # Rotary frequencies are a non-persistent buffer: recompute them off the meta device.
         self.rotary_emb = LlamaRotaryEmbedding(llama_config(self.config, 0)).to(device)
 
@@ -438,3 +419,30 @@ class DeerVLA(nn.Module):
         if parts[0] == 'cross_attention':
             return int(parts[1]) >= len(self.cross_attention)
         return False
+
+
+def load_capped_safetensors(model: nn.Module, path: Path, device: str | torch.device,
+                            is_dropped: Callable[[str], bool]) -> None:
+    """Materialise ``model``'s tensors from ``path``; tensors for which ``is_dropped`` holds are skipped unread.
+
+    Raises :class:`CheckpointError` listing missing, unexpected and mis-shaped tensors.
+    """
+    expected = model.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    problems: list[str] = []
+    with safe_open(str(path), framework='pt', device=str(device)) as handle:
+        available = set(handle.keys())
+        for name, reference in expected.items():
+            if name not in available:
+                problems.append(f'missing tensor {name}')
+                continue
+            shape = tuple(handle.get_slice(name).get_shape())
+            if shape != tuple(reference.shape):
+                problems.append(f'{name}: checkpoint shape {shape} != model shape {tuple(reference.shape)}')
+                continue
+            state[name] = handle.get_tensor(name)
+    problems += [f'unexpected tensor {name}' for name in sorted(available - set(expected)) if not is_dropped(name)]
+    if problems:
+        shown = '; '.join(problems[:8]) + (f'; ... ({len(problems)} problems)' if len(problems) > 8 else '')
+        raise CheckpointError(f'{path} does not match the model config: {shown}')
+    model.load_state_dict(state, assign=True)

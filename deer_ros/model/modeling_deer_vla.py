@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, MptConfig
 from transformers.models.mpt.modeling_mpt import MptBlock, build_mpt_alibi_tensor
@@ -45,7 +44,16 @@ from transformers.models.mpt.modeling_mpt import MptBlock, build_mpt_alibi_tenso
 from deer_ros.calvin_layout import POSE_DIM
 
 from .configuration_deer_vla import ClipVisionConfig, DeerVLAConfig, LstmHeadConfig, PerceiverConfig
-from .modeling_deer import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, DeerVLA, HeadOutput, LSTMState, masked_max_pool
+from .modeling_deer import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    DeerVLA,
+    HeadOutput,
+    LSTMState,
+    load_capped_safetensors,
+    masked_max_pool,
+)
 
 # ``iter_exit_features(..., reference=True)`` yields this index for the features one layer before the first exit.
 REFERENCE = -1
@@ -492,31 +500,3 @@ class DeerVLAFlamingo(nn.Module):
         parts = name.split('.')
         return parts[:2] in (['lang_encoder', 'blocks'], ['lang_encoder', 'gated_cross_attn_layers']) \
             and int(parts[2]) >= self.config.kept_layers
-
-
-def load_capped_safetensors(model: nn.Module, path: Path, device: str | torch.device,
-                            is_dropped: Callable[[str], bool]) -> None:
-    """Materialise ``model``'s tensors from ``path``; tensors for which ``is_dropped`` holds are skipped unread.
-
-    Raises :class:`CheckpointError` listing missing, unexpected and mis-shaped tensors.
-    """
-    expected = model.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    problems: list[str] = []
-    with safe_open(str(path), framework='pt', device=str(device)) as handle:
-        available = set(handle.keys())
-        for name, reference in expected.items():
-            if name not in available:
-                problems.append(f'missing tensor {name}')
-                continue
-            shape = tuple(handle.get_slice(name).get_shape())
-            if shape != tuple(reference.shape):
-                problems.append(f'{name}: checkpoint shape {shape} != model shape {tuple(reference.shape)}')
-                continue
-            state[name] = handle.get_tensor(name)
-    problems += [f'unexpected tensor {name}' for name in sorted(available - set(expected)) if not is_dropped(name)]
-    if problems:
-        shown = '; '.join(problems[:8]) + (f'; ... ({len(problems)} problems)' if len(problems) > 8 else '')
-        raise CheckpointError(f'{path} does not match the model config: {shown}')
-    model.load_state_dict(state, assign=True)
-

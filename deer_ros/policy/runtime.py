@@ -39,11 +39,10 @@ from deer_ros.budget.controller import ThresholdController
 from deer_ros.budget.exit_criterion import check_metric
 from deer_ros.budget.refined import load_refined, refined_path
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, ROBOT_OBS_DIM, STATIC_CAMERA_SHAPE
-from deer_ros.model import DeerConfig, DeerVLA, load_config, load_model
+from deer_ros.model import load_model
 from deer_ros.model.cost import CostTable
+from deer_ros.model.family import AnyConfig, AnyModel, checkpoint_config, instruction_encoder_for, load_config
 from deer_ros.model.flops import cost_table_for
-from deer_ros.model.modeling_deer import CONFIG_NAME
-from deer_ros.model.tokenization import InstructionEncoder
 from deer_ros.policy.early_exit import EarlyExitPolicy
 from deer_ros.policy.types import Action, ExitInfo, Observation
 
@@ -73,7 +72,7 @@ class _SyntheticWindows:
         return Window(frames, instruction, 'synthetic', 0, None)
 
 
-def synthetic_calibration(model: DeerVLA, metric: str = 'rms', *, windows: int = 16, window: int = 8,
+def synthetic_calibration(model: AnyModel, metric: str = 'rms', *, windows: int = 16, window: int = 8,
                           seed: int = 0) -> CalibrationData:
     """Consistency values of ``model`` on random images: lets a budget be solved when no calibration file exists.
 
@@ -81,7 +80,7 @@ def synthetic_calibration(model: DeerVLA, metric: str = 'rms', *, windows: int =
     real camera data the realised average drifts. Use ``deer-ros calibrate``
     for a deployment.
     """
-    return collect_calibration(model, InstructionEncoder(model.config.decoder),
+    return collect_calibration(model, instruction_encoder_for(model.config),
                                _SyntheticWindows(windows, window, seed),  # type: ignore[arg-type]
                                metric=metric, batch_size=windows, seed=seed, progress=False,
                                metadata={'source': 'synthetic (random images, no calibration file)'})
@@ -97,6 +96,7 @@ class PolicyRuntime:
 
     Args:
         source: a checkpoint directory (``config.json`` + ``model.safetensors``)
+            of either model family (an imported DeeR-VLA checkpoint included),
             or a shipped config name / config file (seeded random init).
         device: torch device for the model.
         metric: exit-rule metric; must match the calibration file's.
@@ -138,17 +138,18 @@ class PolicyRuntime:
             model = self._load(solution.cap + 1)
         else:
             model.truncate(solution.cap + 1)
-        self.instruction_encoder = InstructionEncoder(self.config.decoder)
+        self.instruction_encoder = instruction_encoder_for(self.config)
         self._policy = EarlyExitPolicy(model, solution.criterion, self.cost_table.truncated(solution.cap + 1),
                                        self.instruction_encoder)
 
     # ---- loading
-    def _config(self) -> DeerConfig:
+    def _config(self) -> AnyConfig:
+        """The model's config, of either family (a checkpoint's relative tokenizer path resolved against it)."""
         if self.checkpoint is not None:
-            return DeerConfig.from_file(self.checkpoint / CONFIG_NAME)
+            return checkpoint_config(self.checkpoint)
         return load_config(self.source)
 
-    def _load(self, num_exits: int) -> DeerVLA:
+    def _load(self, num_exits: int) -> AnyModel:
         """The model capped at ``num_exits``; config sources are built from ``seed`` so reloads match."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed)
