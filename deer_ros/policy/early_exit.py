@@ -97,10 +97,18 @@ class EarlyExitPolicy:
         return torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(0).to(self.device)
 
     @torch.inference_mode()
-    def step(self, observation: Observation, instruction: str) -> tuple[Action, ExitInfo]:
-        """One control step. Raises ``ValueError`` for bad input and :class:`NonFiniteActionError` for NaN output."""
+    def step(self, observation: Observation, instruction: str, *,
+             max_exit: int | None = None) -> tuple[Action, ExitInfo]:
+        """One control step. Raises ``ValueError`` for bad input and :class:`NonFiniteActionError` for NaN output.
+
+        ``max_exit`` ends the step at that exit at the latest without truncating
+        the model: the latency measurement times a step capped at each exit on
+        the live weights (:mod:`deer_ros.policy.latency_probe`).
+        """
         started = time.perf_counter()
         observation.validate()
+        if max_exit is not None and not 0 <= max_exit < self.num_exits:
+            raise ValueError(f'max_exit must be in [0, {self.num_exits - 1}], got {max_exit}')
         text_input, mask = self._encoded_instruction(instruction)
         proprio = None if observation.proprio is None else self._as_batch(np.asarray(observation.proprio, np.float32))
         visual = self.model.encode_vision(self._as_batch(observation.rgb_static),
@@ -108,7 +116,9 @@ class EarlyExitPolicy:
         state = self._history_state()
         consistency: list[float] = []
         previous_pose: np.ndarray | None = None
-        options = {'reference': True} if self.criterion.first_exit_checked else {}
+        options: dict[str, bool | int] = {'reference': True} if self.criterion.first_exit_checked else {}
+        if max_exit is not None:
+            options['num_exits'] = max_exit + 1
         for exit_index, feature in self.model.iter_exit_features(visual, text_input, mask, **options):
             output = self.model.action_head(feature.unsqueeze(1), state)
             pose = output.pose[0, 0].double().cpu().numpy()
