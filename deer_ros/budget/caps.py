@@ -107,7 +107,7 @@ def largest_fitting_exit(per_exit: Sequence[float], limit: float, what: str) -> 
     per_exit = np.asarray(per_exit, dtype=np.float64)
     fits = np.flatnonzero(per_exit <= limit)
     if fits.size == 0:
-        raise BudgetError(f'{what} limit {limit:g} is below the smallest model (exit 0 needs {per_exit[0]:g}); '
+        raise BudgetError(f'{what} limit {limit:g} is below the smallest model (exit 1 needs {per_exit[0]:g}); '
                           f'feasible {what} limits are >= {per_exit[0]:g}')
     return int(fits[-1])
 
@@ -161,6 +161,6 @@ def solve_budget(budget: Budget, table: CostTable, calibration: CalibrationData 
         result = solve_average_budget(calibration.values[:, :cap + 1], costs, budget.avg_gflops, tolerance=tolerance)
     except BudgetError as error:
         if cap < table.num_exits - 1:
-            raise BudgetError(f'{error} [model capped at exit {cap} by the peak/memory limits]') from error
+            raise BudgetError(f'{error} [model capped at exit {cap + 1} by the peak/memory limits]') from error
         raise
     return BudgetSolution(cap, ExitCriterion(result.thresholds, calibration.metric), result)

@@ -186,7 +186,7 @@ def solve_average_budget(values: np.ndarray, costs: np.ndarray | list[float] | t
     slack = 1e-9 * max(high_cost, 1.0)
     if not low_cost - slack <= budget <= high_cost + slack:
         raise BudgetError(f'average budget {budget:g} is infeasible: the feasible range is '
-                          f'[{low_cost:g}, {high_cost:g}] (exit {min(1, costs.size - 1)} .. exit {costs.size - 1})')
+                          f'[{low_cost:g}, {high_cost:g}] (exit {min(2, costs.size)} .. exit {costs.size})')
 
     num_samples = values.shape[0]
     # Beyond ±bracket every sample already stops at exit 1 (resp. the last exit),

@@ -2,8 +2,9 @@
 
 ``diagnostic_updater`` is not on PyPI, so this is the small part of it the
 node needs: message rates, latency percentiles, the exit histogram and the
-budget in force, with ERROR whenever the node is not driving the robot (and
-the reason as the status message, which is what rqt_robot_monitor shows).
+budget in force, with ERROR whenever the node is not driving the robot, WARN
+while it answers a frozen input (and the reason as the status message, which
+is what rqt_robot_monitor shows).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-from deer_ros.nodes.control import INPUTS, Decision
+from deer_ros.nodes.control import INPUTS, Decision, Snapshot
 
 
 class RateMeter:
@@ -47,7 +48,7 @@ class PolicyDiagnostics:
     Latency and exit statistics cover the last ``window`` policy steps, so a
     budget change shows up within seconds; counts cover the node's lifetime.
     Thread-safe: subscriptions, the control tick and the diagnostics timer
-    run on different executor threads.
+    may run on different executor threads.
     """
 
     def __init__(self, name: str, num_exits: int, window: int = 100, inputs: tuple[str, ...] = INPUTS) -> None:
@@ -58,6 +59,7 @@ class PolicyDiagnostics:
         self.gflops: deque[tuple[float, float]] = deque(maxlen=window)
         self.exit_counts = np.zeros(num_exits, dtype=np.int64)
         self.decisions: Counter[str] = Counter()
+        self.incomplete_waits = 0  # ticks that found the newest frame without all its inputs yet
         self.last_decision: Decision | None = None
         self._lock = threading.Lock()
 
@@ -72,27 +74,31 @@ class PolicyDiagnostics:
     def _record(self, decision: Decision) -> None:
         self.decisions[decision.kind] += 1
         if decision.kind == 'wait':
+            self.incomplete_waits += bool(decision.problems)
             return
         self.last_decision = decision
-        if decision.info is not None:
+        if decision.kind == 'action':  # a re-answer repeats a step that is already counted
             info = decision.info
             self.latencies_ms.append(info.latency_ms)
             self.exits.append(info.exit_index + 1)
             self.gflops.append((info.llm_gflops, info.total_gflops))
             self.exit_counts[info.exit_index] += 1
 
-    def statuses(self, now: float, ages: Mapping[str, float | None], input_problems: list[str],
-                 budget: Mapping[str, str]) -> list[DiagnosticStatus]:
-        """An ``inputs`` and a ``policy`` status; ERROR with the reason while inputs are bad or the node holds."""
+    def statuses(self, now: float, snapshot: Snapshot, budget: Mapping[str, str]) -> list[DiagnosticStatus]:
+        """An ``inputs`` and a ``policy`` status: ERROR with the reason while inputs are bad or the node holds,
+        WARN while an input is frozen (re-sent with one stamp for longer than ``max_input_age_s``)."""
         with self._lock:
-            return self._statuses(now, ages, input_problems, budget)
+            return self._statuses(now, snapshot, budget)
 
-    def _statuses(self, now: float, ages: Mapping[str, float | None], input_problems: list[str],
-                  budget: Mapping[str, str]) -> list[DiagnosticStatus]:
-        inputs = DiagnosticStatus(
-            name=f'{self.name}: inputs', hardware_id=self.name,
-            level=DiagnosticStatus.ERROR if input_problems else DiagnosticStatus.OK,
-            message='; '.join(input_problems) if input_problems else 'all inputs fresh')
+    def _statuses(self, now: float, snapshot: Snapshot, budget: Mapping[str, str]) -> list[DiagnosticStatus]:
+        ages, problems, warnings = snapshot.ages, snapshot.problems, snapshot.warnings
+        if problems:
+            level, message = DiagnosticStatus.ERROR, '; '.join(problems + warnings)
+        elif warnings:
+            level, message = DiagnosticStatus.WARN, '; '.join(warnings)
+        else:
+            level, message = DiagnosticStatus.OK, 'all inputs fresh'
+        inputs = DiagnosticStatus(name=f'{self.name}: inputs', hardware_id=self.name, level=level, message=message)
         inputs.values = _values(
             [(f'{name} rate (Hz)', f'{rate.rate(now):.2f}') for name, rate in self.rates.items()]
             + [(f'{name} age (s)', 'never' if ages[name] is None else f'{ages[name]:.3f}') for name in self.rates])
@@ -103,13 +109,16 @@ class PolicyDiagnostics:
         elif last.kind in ('hold', 'silent'):
             level = DiagnosticStatus.ERROR
             message = f'{"holding" if last.kind == "hold" else "silent"}: {"; ".join(last.problems)}'
+        elif warnings:  # acting, but on inputs that stopped moving: what it answers is an old frame
+            level, message = DiagnosticStatus.WARN, f'frozen input, answering the same frame: {"; ".join(warnings)}'
         elif last.kind == 'ready_pose':
             level, message = DiagnosticStatus.OK, 'returning to the ready pose'
         else:
             level, message = DiagnosticStatus.OK, 'acting'
         policy = DiagnosticStatus(name=f'{self.name}: policy', hardware_id=self.name, level=level, message=message)
         pairs: list[tuple[str, object]] = [(kind, self.decisions[kind])
-                                           for kind in ('action', 'ready_pose', 'hold', 'silent')]
+                                           for kind in ('action', 'ready_pose', 'reanswer', 'hold', 'silent')]
+        pairs.append(('ticks waiting for a complete input set', self.incomplete_waits))
         if self.latencies_ms:
             latencies = np.asarray(self.latencies_ms)
             llm, total = np.mean(np.asarray(self.gflops), axis=0)
@@ -124,4 +133,3 @@ class PolicyDiagnostics:
         pairs += [(f'budget {key}', value) for key, value in budget.items()]
         policy.values = _values(pairs)
         return [inputs, policy]
-

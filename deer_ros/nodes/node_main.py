@@ -6,6 +6,11 @@ both raise ``KeyboardInterrupt`` in the spinning thread instead, and the context
 goes down only after the node stopped. Python runs that handler only between
 bytecodes, so the spin wakes at least every ``WAKE_S``: a node with nothing to
 do (the bridge before a policy is up) would otherwise block Ctrl-C forever.
+
+Executors: ``num_threads=1`` runs the node on rclpy's ``SingleThreadedExecutor``
+(the policy node: in this rclpy release the ``MultiThreadedExecutor`` spends CPU
+polling, rclpy issues 1452 and 1223, which a node that computes cannot spare;
+docs/results.md); more threads run a :class:`DrainingExecutor`.
 """
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ import signal
 from typing import Callable, TypeVar
 
 import rclpy
+from rclpy.context import Context
 from rclpy.exceptions import ParameterException
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
@@ -40,9 +46,19 @@ class DrainingExecutor(MultiThreadedExecutor):
         return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
 
 
+def executor_for(num_threads: int, context: Context | None = None) -> Executor:
+    """One thread: ``SingleThreadedExecutor`` (no pool, nothing to drain); more: a :class:`DrainingExecutor`."""
+    if num_threads == 1:
+        return SingleThreadedExecutor(context=context)
+    return DrainingExecutor(num_threads=num_threads, context=context)
+
+
 def run_node(make_node: Callable[[], NodeT], name: str, *, num_threads: int, on_stop: Callable[[NodeT], None],
              until: Callable[[NodeT], Future] | None = None, args: list[str] | None = None) -> int:
     """Run one node until Ctrl-C, SIGTERM or ``until(node)`` completes; return the process exit code.
+
+    ``num_threads``: 1 spins the node on the calling thread alone
+    (``SingleThreadedExecutor``); more use a pool of that many threads.
 
     1 when the node cannot start (the reason is logged as fatal under ``name``)
     or when ``until``'s future completed with ``False``; otherwise 0. On the way
@@ -57,7 +73,7 @@ def run_node(make_node: Callable[[], NodeT], name: str, *, num_threads: int, on_
         rclpy.logging.get_logger(name).fatal(f'cannot start: {error}')
         rclpy.try_shutdown()
         return 1
-    executor = DrainingExecutor(num_threads=num_threads)
+    executor = executor_for(num_threads)
     executor.add_node(node)
     done = until(node) if until is not None else None
     try:

@@ -4,13 +4,17 @@ Thin by design: :class:`~deer_ros.policy.runtime.PolicyRuntime` owns the model
 and budgets, :class:`~deer_ros.nodes.control.PolicyController` decides each
 tick. This module wires topics, services, parameters and timers.
 
-Threads: subscriptions (reentrant group) only decode and store; the control
-timer (its own mutually exclusive group) runs inference, so camera messages
-keep arriving while a step runs; parameter services run in the node's
-default group. Both timers use the steady clock.
+One thread: the node runs under rclpy's ``SingleThreadedExecutor`` (see
+:func:`deer_ros.nodes.node_main.run_node`). Subscriptions only decode, check
+and store; the control tick runs inference, on the control timer or at once
+when a message completes a new frame; services and parameters are answered
+between callbacks. Messages that arrive during a step wait in their DDS
+queues; the ``~/reset`` service queue is deep enough for a storm of
+concurrent calls. Both timers use the steady clock.
 """
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -21,7 +25,6 @@ import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -42,9 +45,9 @@ from deer_ros.nodes.control import (
     STALE_POLICIES,
     STATIC_CAMERA,
     TCP_POSE,
+    Decision,
     PolicyController,
     check_image,
-    check_joint_positions,
 )
 from deer_ros.nodes.diagnostics import PolicyDiagnostics
 from deer_ros.nodes.image_conversion import image_msg_to_rgb
@@ -52,16 +55,24 @@ from deer_ros.nodes.messages import arm_action_msg, exit_stats_msg, stamp_msg, s
 from deer_ros.nodes.node_main import run_node
 from deer_ros.nodes.parameters import ParamSpec, check_values, declare
 from deer_ros.nodes.qos import EXIT_STATS_QOS
-from deer_ros.nodes.robot_state import check_tcp_pose
+from deer_ros.nodes.robot_state import check_joint_positions, check_tcp_pose
 from deer_ros.policy.deer_policy import DeerPolicy
 from deer_ros.policy.ready_pose import ReadyPose
 from deer_ros.policy.runtime import PolicyRuntime
-from deer_ros.policy.types import Action
 from deer_ros.resources import resolve_checkpoint
 
 NODE_NAME = 'deer_policy'
 BUDGET_PARAMETERS = ('budget.avg_gflops', 'budget.peak_gflops', 'budget.max_memory_mb')
 _GFLOPS_LIMITS = (0.0, 1.0e6)
+ANSWERS = ('action', 'ready_pose', 'reanswer')  # decisions that answer a frame
+# A frame complete on arrival is acted on at once when the last answer is this many control periods old: a camera
+# at the control rate arrives up to a few ms early, and a frame left to the next tick is mostly superseded by then.
+ARRIVAL_PERIODS = 0.9
+_SHOWN_INSTRUCTION_CHARS = 200  # of an instruction in the log: a fuzzed 1 MB one must not flood it
+# The ~/reset service keeps this many requests (and responses) queued: rclpy's default of 10 dropped the rest of a
+# burst of concurrent calls while a step ran, and their callers hung.
+RESET_SERVICE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                               durability=DurabilityPolicy.VOLATILE)
 
 PARAMETERS = (
     ParamSpec('budget.avg_gflops', 0.0, 'Average GFLOPs per step the exit thresholds are solved for; '
@@ -77,10 +88,11 @@ PARAMETERS = (
     ParamSpec('budget.cost_kind', 'llm', 'What the GFLOPs budgets count: llm (decoder only, the DeeR paper unit) '
               'or total (vision + decoder + action heads).', read_only=True, choices=('llm', 'total')),
     ParamSpec('checkpoint', 'tiny', 'Checkpoint directory (config.json + model.safetensors, calibration.npz beside '
-              'them) or the name of a policy shipped with the package (tiny = the trained default policy); '
+              'them; deer-ros import-upstream writes one from a published DeeR-VLA checkpoint) or the name of a '
+              'policy shipped with the package (tiny = the trained default policy); '
               'empty = build model_config with seeded random init.', read_only=True),
-    ParamSpec('model_config', 'tiny', 'Shipped config name (tiny, smollm2, deer-3b) or config file, used when '
-              'checkpoint is empty.', read_only=True),
+    ParamSpec('model_config', 'tiny', 'Shipped config name (tiny, smollm2, deer-vla-3b, deer-vla-9b) or config '
+              'file, used when checkpoint is empty.', read_only=True),
     ParamSpec('device', 'cpu', 'Torch device for the model (cpu, cuda, cuda:1, ...).', read_only=True),
     ParamSpec('seed', 0, 'Seed of the random init (model_config) and of synthetic calibration.', read_only=True,
               limits=(0, 2 ** 31 - 1)),
@@ -89,11 +101,18 @@ PARAMETERS = (
     ParamSpec('control_rate_hz', 30.0, 'Control timer rate (CALVIN acts at 30 Hz); also scales the TwistStamped '
               'output (delta per step -> velocity).', read_only=True, limits=(0.1, 1000.0)),
     ParamSpec('max_input_age_s', 0.5, 'Cameras and joint states older than this (steady clock) are stale: the '
-              'node holds or goes silent instead of acting on them.', limits=(0.001, 3600.0)),
+              'node holds or goes silent instead of acting on them. Also the longest a frame waits for its other '
+              'inputs, and how long one stamp may be re-sent before the input counts as frozen (diagnostics).',
+              limits=(0.001, 3600.0)),
+    ParamSpec('sync_slop_s', 0.01, 'Inputs are matched by header stamp: the policy acts on the newest static frame '
+              'once the gripper camera, joint states (and tcp pose) each have a message stamped within this many '
+              'seconds of it, and waits for them until then (up to max_input_age_s). Bridge-stamped frames match '
+              'exactly; unstamped messages (stamp 0) match anything (newest value).', limits=(0.0, 1.0)),
     ParamSpec('on_stale_input', 'hold', 'On stale, missing or bad input: hold = publish explicit holds (zero '
               'delta, gripper unchanged, hold=true), silent = publish nothing.', choices=STALE_POLICIES),
     ParamSpec('require_new_frame', True, 'Step only on a static-camera frame not acted on before (one action '
-              'per frame, as a lock-step simulator needs); false = act on every tick.'),
+              'per frame, as a lock-step simulator needs; a frame sent again gets the same answer again); '
+              'false = act on every tick.'),
     ParamSpec('exit_metric', 'rms', 'Action-consistency metric of the exit rule; must match the calibration '
               'file.', read_only=True, choices=tuple(METRICS)),
     ParamSpec('qos_depth', 5, 'History depth of the sensor subscriptions and the command publishers.',
@@ -140,31 +159,29 @@ class PolicyNode(Node):
         self.controller = PolicyController(DeerPolicy(self.runtime, ready_pose),
                                            max_input_age_s=values['max_input_age_s'],
                                            on_stale_input=values['on_stale_input'],
-                                           require_new_frame=values['require_new_frame'])
+                                           require_new_frame=values['require_new_frame'],
+                                           sync_slop_s=values['sync_slop_s'])
         self.diagnostics = PolicyDiagnostics(self.get_name(), self.runtime.cost_table.num_exits,
                                              inputs=self.controller.inputs.names)
         self._publish_lock = threading.Lock()
         self._stopped = False
         self._holding = False
+        self._last_answer = -math.inf  # steady time the last answer was decided at
 
         depth = values['qos_depth']
-        sensors = ReentrantCallbackGroup()
         sensor_qos = QoSProfile(depth=depth, reliability=qos_profile_sensor_data.reliability,
                                 durability=qos_profile_sensor_data.durability)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(Image, 'camera/static/image_raw',
-                                 lambda msg: self._on_image(msg, STATIC_CAMERA, STATIC_CAMERA_SHAPE),
-                                 sensor_qos, callback_group=sensors)
+                                 lambda msg: self._on_image(msg, STATIC_CAMERA, STATIC_CAMERA_SHAPE), sensor_qos)
         self.create_subscription(Image, 'camera/gripper/image_raw',
-                                 lambda msg: self._on_image(msg, GRIPPER_CAMERA, GRIPPER_CAMERA_SHAPE),
-                                 sensor_qos, callback_group=sensors)
-        self.create_subscription(JointState, 'joint_states', self._on_joint_states, sensor_qos,
-                                 callback_group=sensors)
+                                 lambda msg: self._on_image(msg, GRIPPER_CAMERA, GRIPPER_CAMERA_SHAPE), sensor_qos)
+        self.create_subscription(JointState, 'joint_states', self._on_joint_states, sensor_qos)
         if self.controller.needs_robot_state:
-            self.create_subscription(PoseStamped, 'tcp_pose', self._on_tcp_pose, sensor_qos, callback_group=sensors)
-        self.create_subscription(String, 'instruction', self._on_instruction, latched, callback_group=sensors)
-        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=sensors)
+            self.create_subscription(PoseStamped, 'tcp_pose', self._on_tcp_pose, sensor_qos)
+        self.create_subscription(String, 'instruction', self._on_instruction, latched)
+        self.create_service(Trigger, '~/reset', self._on_reset, qos_profile=RESET_SERVICE_QOS)
 
         self.action_pub = self.create_publisher(ArmAction, 'arm_action', depth)
         self.twist_pub = self.create_publisher(TwistStamped, 'delta_twist_cmds', depth)
@@ -172,15 +189,15 @@ class PolicyNode(Node):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(1.0 / self.rate_hz, self._on_tick, MutuallyExclusiveCallbackGroup(), clock=steady)
-        self.create_timer(1.0, self._publish_diagnostics, MutuallyExclusiveCallbackGroup(), clock=steady)
+        self.create_timer(1.0 / self.rate_hz, self._on_tick, clock=steady)
+        self.create_timer(1.0, self._publish_diagnostics, clock=steady)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.get_logger().info(
             f'ready in {time.monotonic() - started:.1f} s: {self.runtime.config.name} on {values["device"]}, '
             f'{self.rate_hz:g} Hz, budget {self.runtime.describe()}')
 
-    # ---- inputs (subscription threads: decode and store only)
+    # ---- inputs (decode, check, store; a frame complete on arrival is acted on at once)
     def _on_image(self, msg: Image, name: str, shape: tuple[int, int, int]) -> None:
         now = time.monotonic()
         self.diagnostics.record_input(name, now)
@@ -189,37 +206,41 @@ class PolicyNode(Node):
         except ValueError as error:
             self.controller.inputs.reject(name, str(error))
             return
-        problem = check_image(image, shape)
-        if problem is not None:
-            self.controller.inputs.reject(name, problem)
-        else:
-            self.controller.inputs.put(name, image, now, stamp_ns(msg.header.stamp))
+        self._store(name, image, check_image(image, shape), now, msg.header)
 
     def _on_joint_states(self, msg: JointState) -> None:
         now = time.monotonic()
         self.diagnostics.record_input(JOINT_STATES, now)
         positions = np.asarray(msg.position, dtype=np.float64)
-        problem = check_joint_positions(positions)
-        if problem is not None:
-            self.controller.inputs.reject(JOINT_STATES, problem)
-        else:
-            self.controller.inputs.put(JOINT_STATES, positions, now, stamp_ns(msg.header.stamp))
+        problem = check_joint_positions(positions, needs_arm=self.controller.needs_robot_state)
+        self._store(JOINT_STATES, positions, problem, now, msg.header)
 
     def _on_tcp_pose(self, msg: PoseStamped) -> None:
         now = time.monotonic()
         self.diagnostics.record_input(TCP_POSE, now)
         pose = tcp_pose_array(msg)
-        problem = check_tcp_pose(pose)
+        self._store(TCP_POSE, pose, check_tcp_pose(pose), now, msg.header)
+
+    def _store(self, name: str, value: Any, problem: str | None, now: float, header: Header) -> None:
+        """Keep a checked message (or why it was rejected); act right away when it completes a frame.
+
+        Acting on arrival, not at the next control tick, saves a lock-step
+        simulator up to a period per step; only when the last answer is
+        :data:`ARRIVAL_PERIODS` old, the rest wait for the tick (which keeps
+        the rate).
+        """
         if problem is not None:
-            self.controller.inputs.reject(TCP_POSE, problem)
-        else:
-            self.controller.inputs.put(TCP_POSE, pose, now, stamp_ns(msg.header.stamp))
+            self.controller.inputs.reject(name, problem)
+            return
+        self.controller.inputs.put(name, value, now, stamp_ns(header.stamp))
+        if now - self._last_answer >= ARRIVAL_PERIODS / self.rate_hz:
+            self._control(now, on_arrival=True)
 
     def _on_instruction(self, msg: String) -> None:
         now = time.monotonic()
         self.diagnostics.record_input(INSTRUCTION, now)
         if self.controller.set_instruction(msg.data, now):
-            self.get_logger().info(f'new instruction {msg.data!r}: policy state reset')
+            self.get_logger().info(f'new instruction {shown_instruction(msg.data)}: policy state reset')
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self.controller.reset()
@@ -227,9 +248,17 @@ class PolicyNode(Node):
         response.success, response.message = True, 'policy state reset'
         return response
 
-    # ---- control (its own thread)
+    # ---- control
     def _on_tick(self) -> None:
-        decision = self.controller.tick(time.monotonic())
+        self._control(time.monotonic(), on_arrival=False)
+
+    def _control(self, now: float, *, on_arrival: bool) -> None:
+        """Decide and publish; on a message's arrival only answers count (holds and waits are the tick's job)."""
+        decision = self.controller.tick(now)
+        if on_arrival and decision.kind not in ANSWERS:
+            return
+        if decision.kind in ANSWERS:
+            self._last_answer = now
         self.diagnostics.record(decision)
         if decision.kind == 'wait':
             return
@@ -238,37 +267,42 @@ class PolicyNode(Node):
         elif self._holding:
             self.get_logger().info('inputs usable again: acting')
         self._holding = bool(decision.problems)
-        if decision.action is None:
-            return
+        if decision.kind == 'reanswer':
+            self.get_logger().info(f'frame {decision.stamp_ns} sent again: answered again',
+                                   throttle_duration_sec=2.0)
+        if decision.action is not None:
+            self._publish(decision)
+
+    def _publish(self, decision: Decision, *, last: bool = False) -> None:
+        """ArmAction (and ExitStats for what the policy did) stamped with the frame answered; the twist stamped now.
+
+        A re-answer publishes the same ArmAction and ExitStats again but no
+        twist: a velocity command repeated would move the arm a second time.
+        """
         now = self.get_clock().now().to_msg()
-        stamp = now if decision.stamp_ns is None else stamp_msg(decision.stamp_ns)  # answers this frame
+        stamp = now if decision.stamp_ns is None else stamp_msg(decision.stamp_ns)
         header = Header(stamp=stamp, frame_id=self.frame_id)
         with self._publish_lock:
             if self._stopped:
                 return
             self.action_pub.publish(arm_action_msg(decision.action, header, hold=decision.kind == 'hold'))
-            self.twist_pub.publish(twist_msg(decision.action, Header(stamp=now, frame_id=self.frame_id),
-                                             self.rate_hz))
-            if decision.kind in ('action', 'ready_pose'):
+            if decision.kind != 'reanswer':
+                self.twist_pub.publish(twist_msg(decision.action, Header(stamp=now, frame_id=self.frame_id),
+                                                 self.rate_hz))
+            if decision.kind != 'hold':
                 self.stats_pub.publish(exit_stats_msg(decision.info, header))
+            self._stopped = last
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
         snapshot = self.controller.inputs.snapshot(now, self.controller.max_input_age_s)
-        statuses = self.diagnostics.statuses(now, snapshot.ages, snapshot.problems, self.runtime.describe())
+        statuses = self.diagnostics.statuses(now, snapshot, self.runtime.describe())
         self.diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                                      status=statuses))
 
     def stop(self) -> None:
         """Publish a final hold and stop publishing: the arm must not keep the last velocity."""
-        with self._publish_lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
-            hold = Action.hold(self.controller.gripper)
-            self.action_pub.publish(arm_action_msg(hold, header, hold=True))
-            self.twist_pub.publish(twist_msg(hold, header, self.rate_hz))
+        self._publish(self.controller.hold(['node stopped']), last=True)
 
     # ---- parameters: validate (a budget is solved here, once), then apply what was validated
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
@@ -291,6 +325,8 @@ class PolicyNode(Node):
             self.controller.on_stale_input = changed['on_stale_input']
         if 'require_new_frame' in changed:
             self.controller.require_new_frame = bool(changed['require_new_frame'])
+        if 'sync_slop_s' in changed:
+            self.controller.sync_slop_s = float(changed['sync_slop_s'])
         if 'frame_id' in changed:
             self.frame_id = changed['frame_id']
         if 'budget.track_average' in changed:
@@ -310,8 +346,15 @@ class PolicyNode(Node):
             self.get_logger().info(f'budget in force: {self.runtime.describe()}')
 
 
+def shown_instruction(text: str) -> str:
+    """An instruction as logged: quoted, and cut with its length when longer than a sentence or two."""
+    if len(text) <= _SHOWN_INSTRUCTION_CHARS:
+        return repr(text)
+    return f'{text[:_SHOWN_INSTRUCTION_CHARS]!r}... ({len(text)} characters)'
+
+
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(PolicyNode, NODE_NAME, num_threads=4, on_stop=PolicyNode.stop, args=args))
+    sys.exit(run_node(PolicyNode, NODE_NAME, num_threads=1, on_stop=PolicyNode.stop, args=args))
 
 
 if __name__ == '__main__':

@@ -61,7 +61,7 @@ def test_total_cost_kind_for_the_average(cost_table, calibration):
 
 def test_average_infeasible_under_cap_names_the_cap(cost_table, calibration):
     llm = exit_costs(cost_table)
-    with pytest.raises(BudgetError, match=r'feasible range is \[5\.3, 7\.9\].*capped at exit 2'):
+    with pytest.raises(BudgetError, match=r'feasible range is \[5\.3, 7\.9\].*capped at exit 3'):
         solve_budget(Budget(avg_gflops=llm[4], peak_gflops=llm[2]), cost_table, calibration)
 
 

@@ -44,7 +44,7 @@ def test_single_exit_runs_exit_zero():
     result = solve_average_budget(np.full((10, 1), np.nan), [2.0], 2.0)
     assert result.exit_histogram.tolist() == [1.0]
     assert feasible_range(np.array([2.0])) == (2.0, 2.0)
-    with pytest.raises(BudgetError, match=r'\[2, 2\] \(exit 0 \.\. exit 0\)'):
+    with pytest.raises(BudgetError, match=r'\[2, 2\] \(exit 1 \.\. exit 1\)'):
         solve_average_budget(np.full((10, 1), np.nan), [2.0], 3.0)
 
 

@@ -5,9 +5,16 @@ import math
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticStatus
 from small_models import random_frame
 
-from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, GRIPPER_CLOSE, GRIPPER_OPEN, STATIC_CAMERA_SHAPE
+from deer_ros.calvin_layout import (
+    GRIPPER_CAMERA_SHAPE,
+    GRIPPER_CLOSE,
+    GRIPPER_OPEN,
+    HOME_ARM_JOINTS,
+    STATIC_CAMERA_SHAPE,
+)
 from deer_ros.nodes.control import (
     GRIPPER_CAMERA,
     INSTRUCTION,
@@ -16,9 +23,10 @@ from deer_ros.nodes.control import (
     TCP_POSE,
     PolicyController,
     check_image,
-    check_joint_positions,
     safe_action,
 )
+from deer_ros.nodes.diagnostics import PolicyDiagnostics
+from deer_ros.nodes.robot_state import check_joint_positions, check_tcp_pose
 from deer_ros.policy.deer_policy import DeerPolicy
 from deer_ros.policy.early_exit import NonFiniteActionError
 from deer_ros.policy.types import Action
@@ -54,7 +62,9 @@ def test_acts_once_per_frame_and_holds_on_stale_or_rejected_input(policy):
     acted = controller.tick(0.1)
     assert acted.kind == 'action' and acted.stamp_ns == 100 and acted.info.exit_index == 5
     assert controller.tick(0.2).kind == 'wait'  # same frame: nothing new to act on
-    _feed(controller, 0.3, stamp=100, rng=rng)  # re-sent with its old stamp: still not new
+    _feed(controller, 0.3, stamp=100, rng=rng)  # re-sent with its old stamp: not new, its answer again, no step
+    again = controller.tick(0.3)
+    assert again.kind == 'reanswer' and again.stamp_ns == 100 and again.action is acted.action
     assert controller.tick(0.3).kind == 'wait'
     controller.require_new_frame = False
     assert controller.tick(0.3).kind == 'action'
@@ -110,6 +120,43 @@ def test_input_checks_name_the_problem():
     assert check_joint_positions(np.zeros(7)) is None
     assert check_joint_positions(np.array([])) == 'no joint positions in the message'
     assert 'non-finite' in check_joint_positions(np.array([0.0, math.inf]))
+
+
+def test_robot_state_outside_plausible_bounds_is_named():
+    """Finite but absurd values (1e30) used to reach the model and come out as NaN actions."""
+    assert check_joint_positions(np.array([*HOME_ARM_JOINTS, 0.04, 0.04]), needs_arm=True) is None
+    assert check_joint_positions(np.zeros(3)) is None  # any count will do when no robot state is rebuilt
+    assert check_joint_positions(np.zeros(3), needs_arm=True) == (
+        '3 joint positions: the robot state needs the 7 arm joints')
+    assert check_joint_positions(np.array([0.1, 1e30, 0, 0, 0, 0, 0])) == (
+        'joint positions beyond +-6.283 (not a physical arm): [0.1, 1e+30, 0, 0, 0, 0, 0]')
+    assert check_tcp_pose(np.array([1e30, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0])) == (
+        'TCP position [1e+30, 0, 0.5] is more than 10 m from the frame origin')
+    assert 'non-finite' in check_joint_positions(np.full(1000, np.nan))
+    assert len(check_joint_positions(np.full(1000, np.nan))) < 120  # a fuzzed message does not flood the log
+
+
+def test_a_stream_re_sent_with_one_stamp_is_frozen_in_the_diagnostics(policy):
+    """A camera re-sending one stamp (new messages, never a new frame) used to leave diagnostics at OK 'acting'."""
+    rng = np.random.default_rng(0)
+    controller = PolicyController(policy, max_input_age_s=0.5)
+    diagnostics = PolicyDiagnostics('deer_policy', policy.cost_table.num_exits, inputs=controller.inputs.names)
+    controller.set_instruction('open the drawer', 0.0)
+    _feed(controller, 0.0, stamp=100, rng=rng)
+    diagnostics.record(controller.tick(0.0))
+    inputs, status = diagnostics.statuses(0.0, controller.inputs.snapshot(0.0, 0.5), {})
+    assert (inputs.level, inputs.message, status.level, status.message) == (
+        DiagnosticStatus.OK, 'all inputs fresh', DiagnosticStatus.OK, 'acting')
+    for now in (0.2, 0.4, 0.6):
+        _feed(controller, now, stamp=100, rng=rng)
+        diagnostics.record(controller.tick(now))
+    snapshot = controller.inputs.snapshot(0.6, 0.5)
+    assert not snapshot.problems
+    assert [w.split(':')[0] for w in snapshot.warnings] == [STATIC_CAMERA, GRIPPER_CAMERA, JOINT_STATES]
+    inputs, status = diagnostics.statuses(0.6, snapshot, {})
+    assert inputs.level == DiagnosticStatus.WARN and 'static camera: frozen, the same stamp for 0.60' in inputs.message
+    assert status.level == DiagnosticStatus.WARN and status.message.startswith('frozen input, answering the same frame')
+    assert {kv.key: kv.value for kv in status.values}['reanswer'] == '3'
 
 
 def test_safe_action_clamps_and_refuses_garbage():

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from policy_driver import FAST_POLICY, PolicyDriver
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_helpers import BackgroundSpinner, wait_for
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import Image
@@ -19,6 +22,7 @@ from std_srvs.srv import Trigger
 from deer_ros.budget.caps import Budget
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_TCP_POSE, STATIC_CAMERA_SHAPE
 from deer_ros.nodes.image_conversion import rgb_to_image_msg
+from deer_ros.nodes.messages import stamp_ns
 from deer_ros.nodes.policy_node import PolicyNode
 
 POLICY = 'deer_ros.nodes.policy_node'
@@ -80,10 +84,10 @@ def test_budget_changes_through_parameter_services(start_node, driver):
     assert node.running()
 
 
-def _diagnostics_error(driver: PolicyDriver, since: int, text: str) -> bool:
+def _diagnostics_error(driver: PolicyDriver, since: int, text: str, level: bytes = DiagnosticStatus.ERROR) -> bool:
     def found() -> bool:
         with driver.lock:
-            return any(s.level == DiagnosticStatus.ERROR and text in s.message for s in driver.diagnostics[since:])
+            return any(s.level == level and text in s.message for s in driver.diagnostics[since:])
     return wait_for(found, 10.0)
 
 
@@ -272,3 +276,109 @@ def test_a_budget_change_is_solved_once_and_that_solution_is_put_in_force(rclpy_
         assert thresholds.solution is solutions[1] and node.runtime.num_exits == 3  # nothing applied
     finally:
         node.destroy_node()
+
+
+def _answers(driver: PolicyDriver, stamp: int) -> tuple[list, list]:
+    """Every ArmAction and ExitStats received for the frame stamped ``stamp``, as reprs (NaN-safe equality)."""
+    with driver.lock:
+        return ([repr(a) for a in driver.actions if stamp_ns(a.header.stamp) == stamp],
+                [repr(s) for s in driver.stats if stamp_ns(s.header.stamp) == stamp])
+
+
+def test_a_frame_sent_again_is_answered_again_and_a_frozen_camera_is_reported(start_node, driver, tiny_checkpoint):
+    """The lock-step bridge re-sends a frame whose answer it has not got: the same answer comes again (the old
+    node stayed silent); a camera re-sending one stamp for longer than max_input_age_s is WARN 'frozen'."""
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint), 'max_input_age_s': 2.0})
+    assert node.wait_for_log('ready in', STARTUP_S), node.log
+    rng = np.random.default_rng(3)
+    header = Header(stamp=driver.get_clock().now().to_msg())
+    static = rgb_to_image_msg(random_frame(rng, STATIC_CAMERA_SHAPE), header)
+    gripper = rgb_to_image_msg(random_frame(rng, GRIPPER_CAMERA_SHAPE), header)
+    with BackgroundSpinner(driver, context=driver.context):
+        assert driver.wait_connected()
+        driver.instruct('open the drawer')
+        assert node.wait_for_log("new instruction 'open the drawer'")
+        stamp = driver.send(static=static, gripper=gripper)
+        assert driver.stats_for(stamp) is not None, node.log
+        driver.send(static=static, gripper=gripper)  # the same frame again
+        assert wait_for(lambda: [len(answers) for answers in _answers(driver, stamp)] == [2, 2], 20.0), node.log
+        (action, action_again), (stats, stats_again) = _answers(driver, stamp)
+        assert action_again == action and stats_again == stats and 'hold=False' in action
+        assert node.wait_for_log('sent again: answered again'), node.log
+
+        stop = threading.Event()
+
+        def resend() -> None:  # one stamp, new messages, for longer than max_input_age_s
+            while not stop.wait(0.2):
+                driver.send(static=static, gripper=gripper)
+
+        sender = threading.Thread(target=resend, daemon=True)
+        _, diagnostics = driver.count()
+        sender.start()
+        try:
+            assert _diagnostics_error(driver, diagnostics, 'frozen', level=DiagnosticStatus.WARN), node.log
+            _, since = driver.count()
+            time.sleep(2.5)  # two more diagnostics periods, still frozen
+        finally:
+            stop.set()
+            sender.join(5.0)
+        with driver.lock:
+            policy = [s for s in driver.diagnostics[since:] if s.name.endswith('policy')]
+        assert policy and all(s.level == DiagnosticStatus.WARN and 'frozen' in s.message for s in policy), policy
+
+
+def test_a_storm_of_concurrent_reset_calls_is_answered(start_node, driver, tiny_checkpoint):
+    """100 ~/reset calls at once, while the node steps: every one answered (rclpy's default queue kept 10)."""
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(tiny_checkpoint)})
+    assert node.wait_for_log('ready in', STARTUP_S), node.log
+    # The client's own queues must hold 100 requests and responses too (rclpy's default depth is 10).
+    reset = driver.create_client(Trigger, 'deer_policy/reset',
+                                 qos_profile=QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    with BackgroundSpinner(driver, context=driver.context):
+        assert driver.wait_connected() and reset.wait_for_service(15.0)
+        driver.instruct('open the drawer')
+        assert node.wait_for_log("new instruction 'open the drawer'")
+        driver.send()
+        futures = [reset.call_async(Trigger.Request()) for _ in range(100)]
+        driver.send()
+        assert wait_for(lambda: all(f.done() for f in futures), 40.0), \
+            f'{sum(f.done() for f in futures)} of 100 answered\n{node.log}'
+        assert all(f.result().success for f in futures)
+        assert driver.send_until_answered() is not None, node.log  # and it still acts
+
+
+def test_absurd_robot_state_is_rejected_before_the_model_and_long_instructions_are_not_logged(
+        start_node, driver, proprio_checkpoint):
+    """Fuzz findings: finite but absurd robot state reached the model (NaN actions), a 3-joint JointState held
+    the policy while the inputs status said 'all inputs fresh', a 1 MB instruction was logged verbatim."""
+    node = start_node(POLICY, params={**FAST_POLICY, 'checkpoint': str(proprio_checkpoint)})
+    assert node.wait_for_log('ready in', STARTUP_S), node.log
+    tcp = [0.1, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0]
+    cases = [  # (inputs, reason in the log and in both diagnostics statuses)
+        (dict(tcp=[1e30, *tcp[1:]]), 'tcp pose: TCP position [1e+30, 0, 0.5] is more than 10 m from the frame origin'),
+        (dict(tcp=tcp, joints=[0.1, 1e30, 0.0, 0.0, 0.0, 0.0, 0.0]), 'joint states: joint positions beyond +-6.283'),
+        (dict(tcp=tcp, joints=[0.1, 0.2, 0.3]), 'joint states: 3 joint positions: the robot state needs the 7 arm'),
+    ]
+    with BackgroundSpinner(driver, context=driver.context):
+        assert driver.wait_connected() and wait_for(lambda: driver.tcp_pub.get_subscription_count() > 0, 20.0)
+        driver.instruct('open the drawer')
+        assert node.wait_for_log("new instruction 'open the drawer'")
+        for inputs, reason in cases:
+            assert driver.stats_for(driver.send(tcp=tcp)) is not None, f'no action before {reason!r}\n{node.log}'
+            actions, diagnostics = driver.count()
+            driver.send(**inputs)
+            assert _holds_since(driver, actions), reason
+            with driver.lock:
+                assert all(a.hold or not np.any(np.isnan(a.delta)) for a in driver.actions)
+            assert node.wait_for_log(reason), node.log
+            for status in ('inputs', 'policy'):
+                def reported(status: str = status, reason: str = reason) -> bool:
+                    with driver.lock:
+                        return any(s.name.endswith(status) and s.level == DiagnosticStatus.ERROR
+                                   and reason in s.message for s in driver.diagnostics[diagnostics:])
+                assert wait_for(reported, 10.0), (status, reason)
+
+        instruction = 'open the drawer and ' * 50_000  # 1 MB
+        driver.instruct(instruction)
+        assert node.wait_for_log('(1000000 characters): policy state reset', 30.0), node.log[-2000:]
+        assert instruction[:1000] not in node.log and len(node.log) < 100_000

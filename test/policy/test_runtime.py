@@ -80,7 +80,7 @@ def test_solve_reports_the_feasible_range_and_changes_nothing(tiny_checkpoint):
         runtime.thresholds.solve(Budget(avg_gflops=high * 2))
     with pytest.raises(BudgetError, match='feasible memory MB limits are >='):
         runtime.thresholds.solve(Budget(max_memory_mb=1e-3))
-    with pytest.raises(BudgetError, match='capped at exit 1'):  # average infeasible under a peak cap
+    with pytest.raises(BudgetError, match='capped at exit 2'):  # average infeasible under a peak cap
         runtime.thresholds.solve(Budget(avg_gflops=high * 0.9, peak_gflops=costs[1]))
     assert runtime.thresholds.solution is before and runtime.num_exits == 6
 
