@@ -29,7 +29,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
@@ -50,7 +50,7 @@ from deer_ros.nodes.control import (
     check_image,
 )
 from deer_ros.nodes.diagnostics import PolicyDiagnostics
-from deer_ros.nodes.image_conversion import image_msg_to_rgb
+from deer_ros.nodes.image_conversion import TRANSPORTS, msg_to_rgb, transport_topic
 from deer_ros.nodes.messages import arm_action_msg, exit_stats_msg, stamp_msg, stamp_ns, tcp_pose_array, twist_msg
 from deer_ros.nodes.node_main import run_node
 from deer_ros.nodes.parameters import ParamSpec, check_values, declare
@@ -71,6 +71,8 @@ ARRIVAL_PERIODS = 0.9
 _SHOWN_INSTRUCTION_CHARS = 200  # of an instruction in the log: a fuzzed 1 MB one must not flood it
 # The ~/reset service keeps this many requests (and responses) queued: rclpy's default of 10 dropped the rest of a
 # burst of concurrent calls while a step ran, and their callers hung.
+# (parameter prefix camera.<name>, input name, expected shape) of each camera.
+CAMERAS = (('static', STATIC_CAMERA, STATIC_CAMERA_SHAPE), ('gripper', GRIPPER_CAMERA, GRIPPER_CAMERA_SHAPE))
 RESET_SERVICE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
                                durability=DurabilityPolicy.VOLATILE)
 
@@ -124,6 +126,11 @@ PARAMETERS = (
               'pose the training demos start from. Scripted, no model step (ExitStats with exit_index 0). '
               'Needs tcp_pose.',
               read_only=True),
+    ParamSpec('camera.static.transport', 'raw', 'image_transport of the static camera: raw = sensor_msgs/Image on '
+              'camera/static/image_raw, compressed = sensor_msgs/CompressedImage (JPEG or PNG) on '
+              'camera/static/image_raw/compressed.', read_only=True, choices=tuple(TRANSPORTS)),
+    ParamSpec('camera.gripper.transport', 'raw', 'image_transport of the gripper camera (raw or compressed), as '
+              'camera.static.transport.', read_only=True, choices=tuple(TRANSPORTS)),
     ParamSpec('ready_pose.tcp', list(HOME_TCP_POSE), 'Ready pose: TCP x y z (m) and Euler xyz (rad) in frame_id; '
               'the default is the embedded simulator\'s home pose, where the shipped policy\'s demos start.',
               read_only=True),
@@ -173,10 +180,10 @@ class PolicyNode(Node):
                                 durability=qos_profile_sensor_data.durability)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(Image, 'camera/static/image_raw',
-                                 lambda msg: self._on_image(msg, STATIC_CAMERA, STATIC_CAMERA_SHAPE), sensor_qos)
-        self.create_subscription(Image, 'camera/gripper/image_raw',
-                                 lambda msg: self._on_image(msg, GRIPPER_CAMERA, GRIPPER_CAMERA_SHAPE), sensor_qos)
+        for camera, name, shape in CAMERAS:
+            transport = values[f'camera.{camera}.transport']
+            self.create_subscription(TRANSPORTS[transport], transport_topic(f'camera/{camera}/image_raw', transport),
+                                     lambda msg, name=name, shape=shape: self._on_image(msg, name, shape), sensor_qos)
         self.create_subscription(JointState, 'joint_states', self._on_joint_states, sensor_qos)
         if self.controller.needs_robot_state:
             self.create_subscription(PoseStamped, 'tcp_pose', self._on_tcp_pose, sensor_qos)
@@ -198,12 +205,12 @@ class PolicyNode(Node):
             f'{self.rate_hz:g} Hz, budget {self.runtime.describe()}')
 
     # ---- inputs (decode, check, store; a frame complete on arrival is acted on at once)
-    def _on_image(self, msg: Image, name: str, shape: tuple[int, int, int]) -> None:
+    def _on_image(self, msg: Image | CompressedImage, name: str, shape: tuple[int, int, int]) -> None:
         now = time.monotonic()
         self.diagnostics.record_input(name, now)
         try:
-            image = image_msg_to_rgb(msg)
-        except ValueError as error:
+            image = msg_to_rgb(msg)
+        except ValueError as error:  # corrupt or truncated JPEG/PNG, unknown encoding, size mismatch: a hold
             self.controller.inputs.reject(name, str(error))
             return
         self._store(name, image, check_image(image, shape), now, msg.header)
