@@ -23,8 +23,21 @@ from typing import Sequence
 import numpy as np
 
 from deer_ros.budget.calibration import CalibrationData
-from deer_ros.budget.caps import Budget, BudgetSolution, CostKind, exit_costs, solve_budget
+from deer_ros.budget.caps import (
+    COST_UNIT_LABELS,
+    Budget,
+    BudgetSolution,
+    CostKind,
+    CostUnit,
+    budget_in_unit,
+    check_cost_unit,
+    exit_costs,
+    from_gflops,
+    solve_budget,
+)
 from deer_ros.budget.exit_criterion import ExitCriterion
+from deer_ros.budget.latency import LatencyTable
+from deer_ros.budget.latency_budget import realised_average
 from deer_ros.budget.refined import RefinedEntry, find_refined
 from deer_ros.budget.solver import BudgetError, feasible_range
 from deer_ros.budget.tracking import AverageBudgetTracker
@@ -44,13 +57,20 @@ class ThresholdController:
             :class:`BudgetError` when infeasible).
         track_average: steer the average budget's solver target from the
             realised step costs (:class:`AverageBudgetTracker`).
+        latency: the measured per-exit step times, needed for ``peak_ms`` / ``avg_ms``.
+        cost_unit: the unit the operator gives GFLOPs budgets in (``gmacs``: the paper's); budgets
+            reach :meth:`solve` already in GFLOPs (:func:`~deer_ros.budget.caps.budget_in_gflops`),
+            :meth:`describe` shows them back in this unit.
     """
 
     def __init__(self, cost_table: CostTable, calibration: CalibrationData, *, cost_kind: CostKind = 'llm',
                  refined: Sequence[RefinedEntry] = (), budget: Budget = Budget(),
-                 track_average: bool = False) -> None:
+                 track_average: bool = False, latency: LatencyTable | None = None,
+                 cost_unit: CostUnit = 'gflops') -> None:
         self.cost_table = cost_table
+        self.cost_unit: CostUnit = check_cost_unit(cost_unit)
         self.calibration = calibration
+        self._latency = latency
         self.cost_kind: CostKind = cost_kind
         self.refined = tuple(refined)
         self._lock = threading.Lock()
@@ -69,8 +89,9 @@ class ThresholdController:
         Raises:
             BudgetError: an infeasible budget; the message gives the feasible range.
         """
-        solution = solve_budget(budget, self.cost_table, self.calibration, kind=self.cost_kind)
-        entry = find_refined(self.refined, budget.avg_gflops, solution.cap, self.cost_kind) if refined else None
+        solution = solve_budget(budget, self.cost_table, self.calibration, kind=self.cost_kind, latency=self._latency)
+        use_refined = refined and budget.avg_ms is None  # refined thresholds were tuned for a GFLOPs average only
+        entry = find_refined(self.refined, budget.avg_gflops, solution.cap, self.cost_kind) if use_refined else None
         if entry is None:
             return solution
         first_exit_checked = bool(entry.tuning.get('first_exit_checked', False))  # imported upstream thresholds
@@ -91,6 +112,26 @@ class ThresholdController:
     @property
     def track_average(self) -> bool:
         return self._track_average
+
+    @property
+    def latency(self) -> LatencyTable | None:
+        """The measured step times the millisecond budgets are solved on."""
+        return self._latency
+
+    def use_latency(self, table: LatencyTable) -> BudgetSolution:
+        """Solve the budget in force on a re-measured table; the caller applies it (cap first, as for a budget).
+
+        Raises:
+            BudgetError: the budget in force does not fit the new table; the old table stays.
+        """
+        with self._lock:
+            previous, self._latency = self._latency, table
+        try:
+            return self.solve(self._budget)
+        except BudgetError:
+            with self._lock:
+                self._latency = previous
+            raise
 
     def feasible_average(self) -> tuple[float, float]:
         """Average GFLOPs the exit rule can realise under the live peak/memory cap."""
@@ -142,7 +183,7 @@ class ThresholdController:
                 return
             try:
                 solution = solve_budget(dataclasses.replace(self._budget, avg_gflops=target), self.cost_table,
-                                        self.calibration, kind=self.cost_kind)
+                                        self.calibration, kind=self.cost_kind, latency=self._latency)
             except BudgetError:  # the target is clamped to the feasible range; keep the thresholds if an edge slips
                 return
             self._put_in_force(self._budget, solution, self._tracker)
@@ -170,14 +211,22 @@ class ThresholdController:
             budget, solution, tracker = self._budget, self._solution, self._tracker
             tracking = 'off' if tracker is None else (
                 f'solver target {tracker.target:.4g}, realised {tracker.realised:.4g} over {tracker.steps} steps')
-        described = {key: 'off' if value is None else f'{value:g}'
-                     for key, value in dataclasses.asdict(budget).items()}
+        shown = dataclasses.asdict(budget_in_unit(budget, self.cost_unit))
+        described = {key: 'off' if value is None else f'{value:g}' for key, value in shown.items()}
         described.update({
             'cost_kind': self.cost_kind,
+            'cost_unit': self.cost_unit,
             'exits allowed': f'{solution.cap + 1} of {self.cost_table.num_exits}',
             'thresholds': ', '.join(f'{t:.4g}' for t in solution.criterion.thresholds),
         })
-        if solution.average is not None:
-            described['calibration avg GFLOPs'] = f'{solution.average.realised_cost:.4g}'
+        if solution.average is not None:  # realised in each unit: the binding average may be the other one
+            costs = exit_costs(self.cost_table, self.cost_kind)
+            realised = from_gflops(realised_average(solution.average, costs), self.cost_unit)
+            described[f'calibration avg {COST_UNIT_LABELS[self.cost_unit]}'] = f'{realised:.4g}'
+            if self._latency is not None:
+                described['calibration avg ms'] = (
+                    f'{realised_average(solution.average, self._latency.average_costs()):.4g}')
+        if self._latency is not None:
+            described['latency table'] = f'{self._latency.key.describe()}, measured {self._latency.measured_at}'
         described['avg tracking'] = tracking
         return described

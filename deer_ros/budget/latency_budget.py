@@ -3,7 +3,7 @@
 The same solvers as the GFLOPs budgets, fed the measured step times of
 :class:`~deer_ros.budget.latency.LatencyTable` instead of counted GFLOPs:
 ``peak_ms`` caps the model at the deepest exit whose p99 step time fits
-(:func:`~deer_ros.budget.caps.largest_fitting_exit`), ``avg_ms`` is solved by
+(:func:`~deer_ros.budget.solver.largest_fitting_exit`), ``avg_ms`` is solved by
 :func:`~deer_ros.budget.solver.solve_average_budget` on the mean step times.
 Combined with GFLOPs and memory limits the cap is the smallest of all caps,
 and with two averages (GFLOPs and ms) the thresholds of the smaller q meet
@@ -15,9 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
-from deer_ros.budget.caps import largest_fitting_exit
 from deer_ros.budget.latency import LatencyTable
-from deer_ros.budget.solver import DEFAULT_TOLERANCE, BudgetError, SolverResult, check_budget, solve_average_budget
+from deer_ros.budget.solver import (
+    DEFAULT_TOLERANCE,
+    BudgetError,
+    SolverResult,
+    check_budget,
+    largest_fitting_exit,
+    solve_average_budget,
+)
 
 
 def check_latency_table(table: LatencyTable, exit_layers: Sequence[int]) -> None:

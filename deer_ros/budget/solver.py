@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -97,6 +98,20 @@ def check_budget(budget: float, name: str = 'budget') -> float:
     if not math.isfinite(budget) or budget <= 0:
         raise BudgetError(f'{name} must be finite and > 0, got {budget!r}')
     return float(budget)
+
+
+def largest_fitting_exit(per_exit: Sequence[float], limit: float, what: str) -> int:
+    """Index of the deepest exit whose requirement is <= ``limit``.
+
+    Raises:
+        BudgetError: not even exit 0 fits; the message names the minimum.
+    """
+    per_exit = np.asarray(per_exit, dtype=np.float64)
+    fits = np.flatnonzero(per_exit <= limit)
+    if fits.size == 0:
+        raise BudgetError(f'{what} limit {limit:g} is below the smallest model (exit 1 needs {per_exit[0]:g}); '
+                          f'feasible {what} limits are >= {per_exit[0]:g}')
+    return int(fits[-1])
 
 
 def feasible_range(costs: np.ndarray) -> tuple[float, float]:

@@ -33,10 +33,12 @@ import torch
 from deer_ros.benchmark.dataset import Window
 from deer_ros.benchmark.language import TASK_LANGUAGE
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
-from deer_ros.budget.caps import Budget, BudgetSolution, CostKind
+from deer_ros.budget.caps import Budget, BudgetSolution, CostKind, CostUnit
 from deer_ros.budget.collect import collect_calibration
 from deer_ros.budget.controller import ThresholdController
 from deer_ros.budget.exit_criterion import check_metric
+from deer_ros.budget.latency import LatencyCache, LatencyKey, LatencyTable
+from deer_ros.budget.latency_drift import Drift, LatencyWatch, RealisedLatency
 from deer_ros.budget.refined import load_refined, refined_path
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, ROBOT_OBS_DIM, STATIC_CAMERA_SHAPE
 from deer_ros.model import load_model
@@ -44,6 +46,7 @@ from deer_ros.model.cost import CostTable
 from deer_ros.model.family import AnyConfig, AnyModel, checkpoint_config, instruction_encoder_for, load_config
 from deer_ros.model.flops import cost_table_for
 from deer_ros.policy.early_exit import EarlyExitPolicy
+from deer_ros.policy.latency_probe import latency_key, measure_latency_table, source_identity
 from deer_ros.policy.types import Action, ExitInfo, Observation
 
 _LOG = logging.getLogger(__name__)
@@ -108,11 +111,17 @@ class PolicyRuntime:
             (:mod:`deer_ros.budget.tracking`).
         seed: random-init seed for config sources and for synthetic calibration.
         warn: where start-up warnings go (the node passes its logger).
+        latency_cache: where measured latency tables are kept (default: the user cache).
+        cost_unit: the unit the operator gave the GFLOPs budgets in; ``budget`` is already in GFLOPs
+            (:func:`~deer_ros.budget.caps.budget_in_gflops`), :meth:`describe` shows them in this unit.
+        measure_latency: have the per-exit latency table from the start (cached, else measured) even
+            without a millisecond budget; with ``peak_ms`` / ``avg_ms`` in ``budget`` it is had anyway.
     """
 
     def __init__(self, source: str | Path, *, device: str = 'cpu', metric: str = 'rms', cost_kind: CostKind = 'llm',
                  budget: Budget = Budget(), track_average: bool = False, seed: int = 0,
-                 warn: Callable[[str], None] = _LOG.warning) -> None:
+                 warn: Callable[[str], None] = _LOG.warning, latency_cache: LatencyCache | None = None,
+                 measure_latency: bool = False, cost_unit: CostUnit = 'gflops') -> None:
         check_metric(metric)
         self.source = source
         self.checkpoint = Path(source) if Path(source).is_dir() else None
@@ -120,6 +129,7 @@ class PolicyRuntime:
         self._seed = seed
         self._lock = threading.Lock()
         self._apply_lock = threading.Lock()
+        self._source_identity: str | None = None
         self.config = self._config()
         self.cost_table: CostTable = cost_table_for(self.config)
         calibration = self._calibration_file(metric)
@@ -130,15 +140,28 @@ class PolicyRuntime:
             warn(f'no calibration file for {self.source}: collecting consistency values on random images; '
                  'average-GFLOPs budgets will be approximate on real data (run `deer-ros calibrate`)')
             calibration = synthetic_calibration(model, metric, seed=seed)
+        self.instruction_encoder = instruction_encoder_for(self.config)
+        self.latency_cache = latency_cache or LatencyCache()
+        self.latency_reused = False
+        self.latency_watch: LatencyWatch | None = None
+        self._drift: Drift | None = None
+        latency = None
+        if measure_latency or budget.peak_ms is not None or budget.avg_ms is not None:
+            latency = self.latency_cache.load(self._latency_key())
+            self.latency_reused = latency is not None
+            if latency is None:  # every exit is timed on the full model, before the cap truncates it
+                model = model or self._load(self.config.num_exits)
+                latency = self._measure_latency(model)
+            self.latency_watch = LatencyWatch(latency)
         refined = load_refined(refined_path(self.checkpoint)) if self.checkpoint is not None else []
         self.thresholds = ThresholdController(self.cost_table, calibration, cost_kind=cost_kind, refined=refined,
-                                              budget=budget, track_average=track_average)
+                                              budget=budget, track_average=track_average, latency=latency,
+                                              cost_unit=cost_unit)
         solution = self.thresholds.solution
         if model is None:
             model = self._load(solution.cap + 1)
         else:
             model.truncate(solution.cap + 1)
-        self.instruction_encoder = instruction_encoder_for(self.config)
         self._policy = EarlyExitPolicy(model, solution.criterion, self.cost_table.truncated(solution.cap + 1),
                                        self.instruction_encoder)
 
@@ -170,6 +193,45 @@ class PolicyRuntime:
             raise ValueError(f'{path} was collected with exit metric {data.metric!r}, '
                              f'not {metric!r}: set exit_metric to {data.metric!r} or re-run calibration')
         return data
+
+    # ---- the latency table
+    def _latency_key(self) -> LatencyKey:
+        """The cache key now: the checkpoint is hashed once, the thread count is read each time (it may change)."""
+        if self._source_identity is None:
+            self._source_identity = source_identity(self.source, self.config)
+        return latency_key(self._source_identity, self.device)
+
+    def _measure_latency(self, model: AnyModel) -> LatencyTable:
+        """Time every exit of the full ``model`` and cache the table."""
+        table = measure_latency_table(model, self._latency_key(), instruction_encoder=self.instruction_encoder,
+                                      cost_table=self.cost_table)
+        self.latency_cache.save(table)
+        return table
+
+    def remeasure_latency(self) -> BudgetSolution:
+        """Time every exit again now (steps wait meanwhile, a few seconds), cache it, and run the budget on it.
+
+        Raises:
+            BudgetError: the budget in force does not fit the new table; the old table and cap stay.
+        """
+        with self._apply_lock:
+            capped = self.num_exits < self.config.num_exits
+            model = self._load(self.config.num_exits) if capped else self._policy.model
+            with self._lock:
+                table = self._measure_latency(model)
+        if self.latency_watch is None:
+            self.latency_watch = LatencyWatch(table)
+        else:
+            self.latency_watch.reset(table)  # the machine's speed now, even if the budget no longer fits it
+        solution = self.thresholds.use_latency(table)
+        self.apply(self.thresholds.budget, solution)
+        return solution
+
+    def take_drift(self) -> Drift | None:
+        """The drift the last steps showed, once; the node then calls :meth:`remeasure_latency` off the control loop."""
+        with self._lock:
+            drift, self._drift = self._drift, None
+            return drift
 
     # ---- the cap
     @property
@@ -210,8 +272,22 @@ class PolicyRuntime:
             self._policy.set_criterion(solution.criterion)
             action, info = self._policy.step(observation, instruction)
             self.thresholds.record(solution, llm_gflops=info.llm_gflops, total_gflops=info.total_gflops)
+            if self.latency_watch is not None:
+                self._drift = self.latency_watch.record(info.exit_index, info.latency_ms) or self._drift
             return action, info
 
+    def realised_latency(self) -> RealisedLatency | None:
+        """Step times since the latency table was put in force; ``None`` without a table or before a step."""
+        return self.latency_watch.realised() if self.latency_watch is not None else None
+
     def describe(self) -> dict[str, str]:
-        """Budget in force, cap, thresholds, tracking and calibration source as strings, for diagnostics."""
-        return {**self.thresholds.describe(), 'calibration': self.calibration_source}
+        """Budget in force, cap, thresholds, tracking, calibration source and realised step ms, for diagnostics."""
+        described = {**self.thresholds.describe(), 'calibration': self.calibration_source}
+        realised = self.realised_latency()
+        if realised is not None:
+            budget = self.thresholds.budget
+            described['realised step ms'] = (f'mean {realised.mean_ms:.3g}, p99 {realised.p99_ms:.3g}, '
+                                             f'max {realised.max_ms:.3g} over {realised.steps} steps')
+            if budget.peak_ms is not None or budget.avg_ms is not None:
+                described['ms budget holds'] = str(realised.meets(peak_ms=budget.peak_ms, avg_ms=budget.avg_ms))
+        return described
