@@ -2,8 +2,9 @@
 
 ``diagnostic_updater`` is not on PyPI, so this is the small part of it the
 node needs: message rates, latency percentiles, the exit histogram and the
-budget in force, with ERROR whenever the node is not driving the robot, WARN
-while it answers a frozen input (and the reason as the status message, which
+budget in force (with the realised step ms against a millisecond budget), with
+ERROR whenever the node is not driving the robot, WARN while it answers a frozen
+input or its steps are over the millisecond budget (and the reason as the status message, which
 is what rqt_robot_monitor shows).
 """
 from __future__ import annotations
@@ -115,6 +116,8 @@ class PolicyDiagnostics:
             level, message = DiagnosticStatus.OK, 'returning to the ready pose'
         else:
             level, message = DiagnosticStatus.OK, 'acting'
+        if level == DiagnosticStatus.OK and budget.get('ms budget holds') == 'False':  # acting, but too slow
+            level, message = DiagnosticStatus.WARN, f"{message}; over the ms budget: {budget['realised step ms']}"
         policy = DiagnosticStatus(name=f'{self.name}: policy', hardware_id=self.name, level=level, message=message)
         pairs: list[tuple[str, object]] = [(kind, self.decisions[kind])
                                            for kind in ('action', 'ready_pose', 'reanswer', 'hold', 'silent')]
