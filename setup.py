@@ -29,6 +29,7 @@ setup(
         'console_scripts': [
             'deer-ros = deer_ros.cli:main',
             'policy_node = deer_ros.nodes.policy_node:main',
+            'managed_policy_node = deer_ros.nodes.managed_policy_node:main',
             'calvin_bridge_node = deer_ros.nodes.calvin_bridge_node:main',
         ],
     },

@@ -3,6 +3,7 @@
     ros2 launch deer_ros policy.launch.py
     ros2 launch deer_ros policy.launch.py sim:=true instruction:='open the drawer'
     ros2 launch deer_ros policy.launch.py checkpoint:=/data/deer_ckpt budget_avg_gflops:=0.07 sim:=true
+    ros2 launch deer_ros policy.launch.py managed:=true   # then: ros2 lifecycle set /deer_policy configure|activate
 
 With ``sim:=true`` the bridge plays freely: it publishes ``instruction`` (latched)
 and steps the simulator with every action. Without an instruction the policy
@@ -48,9 +49,11 @@ def _nodes(context):
     # value_type str: launch would read an instruction such as 'yes' as YAML (a boolean)
     bridge_overrides = {'instruction': ParameterValue(instruction, value_type=str)} if instruction else {}
     use_sim_time = LaunchConfiguration('use_sim_time').perform(context).lower() == 'true'
+    managed = _as_bool(LaunchConfiguration('managed').perform(context))
     log_level = ['--ros-args', '--log-level', LaunchConfiguration('log_level').perform(context)]
     return [
-        Node(package='deer_ros', executable='policy_node', name='deer_policy', output='screen', emulate_tty=True,
+        Node(package='deer_ros', executable='managed_policy_node' if managed else 'policy_node',
+             name='deer_policy', output='screen', emulate_tty=True,
              parameters=[params_file, overrides, {'use_sim_time': use_sim_time}], arguments=log_level),
         Node(package='deer_ros', executable='calvin_bridge_node', name='calvin_bridge', output='screen',
              emulate_tty=True, parameters=[params_file, bridge_overrides], arguments=log_level,
@@ -82,6 +85,9 @@ def generate_launch_description() -> LaunchDescription:
                               description='sim:=true: the instruction free play starts with (the bridge publishes it '
                                           'latched); empty = params file (none: the policy holds until one is '
                                           'published on /instruction)'),
+        DeclareLaunchArgument('managed', default_value='false',
+                              description='Start deer_policy as a lifecycle node (unconfigured until '
+                                          '`ros2 lifecycle set /deer_policy configure`, then activate)'),
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='Policy node on /clock time (its watchdog stays on the steady clock)'),
         DeclareLaunchArgument('log_level', default_value='info'),

@@ -144,12 +144,25 @@ def budget_from(values: dict[str, Any]) -> Budget:
     return Budget(limit('budget.avg_gflops'), limit('budget.peak_gflops'), limit('budget.max_memory_mb'))
 
 
-class PolicyNode(Node):
-    """Subscribes cameras, joint states and the instruction; publishes actions, exit stats and diagnostics."""
+class PolicyWiring:
+    """The policy's model, topics, services, timers and parameter callbacks on an rclpy node, in phases.
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        values = declare(self, PARAMETERS)
+    Shared by the plain :class:`PolicyNode` (every phase at construction) and
+    the lifecycle :class:`~deer_ros.nodes.managed_policy_node.ManagedPolicyNode`
+    (``load`` on configure, ``start_io`` on activate, ``stop_io`` on deactivate,
+    ``unload`` on cleanup), so both run the same code. Mixed in before the
+    rclpy node class.
+    """
+
+    _stopped = True  # nothing is published outside start_io .. stop_io
+    _io: list[Any]  # subscriptions, services, publishers and timers made by start_io
+
+    def parameter_values(self) -> dict[str, Any]:
+        """Every PARAMETERS value in force (declared, converted and checked by :func:`declare`)."""
+        return {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+
+    def load(self, values: dict[str, Any]) -> None:
+        """Load the model and solve the budget; register the parameter callbacks that need them."""
         if values['num_threads'] > 0:
             torch.set_num_threads(values['num_threads'])
         self.rate_hz = float(values['control_rate_hz'])
@@ -171,38 +184,69 @@ class PolicyNode(Node):
         self.diagnostics = PolicyDiagnostics(self.get_name(), self.runtime.cost_table.num_exits,
                                              inputs=self.controller.inputs.names)
         self._publish_lock = threading.Lock()
-        self._stopped = False
-        self._holding = False
-        self._last_answer = -math.inf  # steady time the last answer was decided at
-
-        depth = values['qos_depth']
-        sensor_qos = QoSProfile(depth=depth, reliability=qos_profile_sensor_data.reliability,
-                                durability=qos_profile_sensor_data.durability)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        for camera, name, shape in CAMERAS:
-            transport = values[f'camera.{camera}.transport']
-            self.create_subscription(TRANSPORTS[transport], transport_topic(f'camera/{camera}/image_raw', transport),
-                                     lambda msg, name=name, shape=shape: self._on_image(msg, name, shape), sensor_qos)
-        self.create_subscription(JointState, 'joint_states', self._on_joint_states, sensor_qos)
-        if self.controller.needs_robot_state:
-            self.create_subscription(PoseStamped, 'tcp_pose', self._on_tcp_pose, sensor_qos)
-        self.create_subscription(String, 'instruction', self._on_instruction, latched)
-        self.create_service(Trigger, '~/reset', self._on_reset, qos_profile=RESET_SERVICE_QOS)
-
-        self.action_pub = self.create_publisher(ArmAction, 'arm_action', depth)
-        self.twist_pub = self.create_publisher(TwistStamped, 'delta_twist_cmds', depth)
-        self.stats_pub = self.create_publisher(ExitStats, 'exit_stats', EXIT_STATS_QOS)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(1.0 / self.rate_hz, self._on_tick, clock=steady)
-        self.create_timer(1.0, self._publish_diagnostics, clock=steady)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.get_logger().info(
             f'ready in {time.monotonic() - started:.1f} s: {self.runtime.config.name} on {values["device"]}, '
             f'{self.rate_hz:g} Hz, budget {self.runtime.describe()}')
+
+    def unload(self) -> None:
+        """Free the model (and its budgets): the inverse of :meth:`load`."""
+        self.remove_on_set_parameters_callback(self._validate_parameters)
+        self.remove_post_set_parameters_callback(self._apply_parameters)
+        del self.runtime, self.controller, self.diagnostics, self._solved
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _create_output(self, msg_type: type, topic: str, qos: QoSProfile | int) -> Any:
+        """A publisher; the managed node makes lifecycle publishers instead."""
+        return self.create_publisher(msg_type, topic, qos)
+
+    def _destroy_output(self, publisher: Any) -> None:
+        self.destroy_publisher(publisher)
+
+    def start_io(self, values: dict[str, Any]) -> None:
+        """Subscribe the inputs, offer ~/reset, create the publishers and start the control and diagnostics timers."""
+        self._holding = False
+        self._last_answer = -math.inf  # steady time the last answer was decided at
+        depth = values['qos_depth']
+        sensor_qos = QoSProfile(depth=depth, reliability=qos_profile_sensor_data.reliability,
+                                durability=qos_profile_sensor_data.durability)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._io = []
+        for camera, name, shape in CAMERAS:
+            transport = values[f'camera.{camera}.transport']
+            self._io.append(self.create_subscription(
+                TRANSPORTS[transport], transport_topic(f'camera/{camera}/image_raw', transport),
+                lambda msg, name=name, shape=shape: self._on_image(msg, name, shape), sensor_qos))
+        self._io.append(self.create_subscription(JointState, 'joint_states', self._on_joint_states, sensor_qos))
+        if self.controller.needs_robot_state:
+            self._io.append(self.create_subscription(PoseStamped, 'tcp_pose', self._on_tcp_pose, sensor_qos))
+        self._io.append(self.create_subscription(String, 'instruction', self._on_instruction, latched))
+        self._io.append(self.create_service(Trigger, '~/reset', self._on_reset, qos_profile=RESET_SERVICE_QOS))
+
+        self.action_pub = self._create_output(ArmAction, 'arm_action', depth)
+        self.twist_pub = self._create_output(TwistStamped, 'delta_twist_cmds', depth)
+        self.stats_pub = self._create_output(ExitStats, 'exit_stats', EXIT_STATS_QOS)
+        self.diagnostics_pub = self._create_output(DiagnosticArray, '/diagnostics', 10)
+
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._io.append(self.create_timer(1.0 / self.rate_hz, self._on_tick, clock=steady))
+        self._io.append(self.create_timer(1.0, self._publish_diagnostics, clock=steady))
+        self._stopped = False
+
+    def stop_io(self) -> None:
+        """Publish nothing more and drop every subscription, service, publisher and timer :meth:`start_io` made."""
+        with self._publish_lock:
+            self._stopped = True
+        for entity in self._io:
+            for destroy in (self.destroy_subscription, self.destroy_service, self.destroy_timer):
+                if destroy(entity):
+                    break
+        for publisher in (self.action_pub, self.twist_pub, self.stats_pub, self.diagnostics_pub):
+            self._destroy_output(publisher)
+        self._io = []
 
     # ---- inputs (decode, check, store; a frame complete on arrival is acted on at once)
     def _on_image(self, msg: Image | CompressedImage, name: str, shape: tuple[int, int, int]) -> None:
@@ -307,9 +351,10 @@ class PolicyNode(Node):
         self.diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                                      status=statuses))
 
-    def stop(self) -> None:
+    def stop(self, reason: str = 'node stopped') -> None:
         """Publish a final hold and stop publishing: the arm must not keep the last velocity."""
-        self._publish(self.controller.hold(['node stopped']), last=True)
+        if not self._stopped:
+            self._publish(self.controller.hold([reason]), last=True)
 
     # ---- parameters: validate (a budget is solved here, once), then apply what was validated
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
@@ -351,6 +396,16 @@ class PolicyNode(Node):
                                         f'still in force: {self.runtime.describe()}')
                 return
             self.get_logger().info(f'budget in force: {self.runtime.describe()}')
+
+
+class PolicyNode(PolicyWiring, Node):
+    """Subscribes cameras, joint states and the instruction; publishes actions, exit stats and diagnostics."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        values = declare(self, PARAMETERS)
+        self.load(values)
+        self.start_io(values)
 
 
 def shown_instruction(text: str) -> str:

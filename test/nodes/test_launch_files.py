@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deer_ros.nodes import calvin_bridge_node, policy_node
+from deer_ros.nodes import calvin_bridge_node, managed_policy_node, policy_node
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
 NODES = {'policy_node': ('deer_policy', policy_node.PARAMETERS),
+         'managed_policy_node': ('deer_policy', managed_policy_node.PARAMETERS),
          'calvin_bridge_node': ('calvin_bridge', calvin_bridge_node.PARAMETERS)}
 
 
@@ -23,6 +24,13 @@ def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
 
 def _keyword(call: ast.Call, name: str) -> ast.expr | None:
     return next((keyword.value for keyword in call.keywords if keyword.arg == name), None)
+
+
+def _executables(call: ast.Call) -> set[str]:
+    """What a ``Node(executable=...)`` may start: a constant, or both sides of ``a if cond else b``."""
+    executable = _keyword(call, 'executable')
+    branches = [executable.body, executable.orelse] if isinstance(executable, ast.IfExp) else [executable]
+    return {branch.value for branch in branches}
 
 
 def _parameter_names(call: ast.Call) -> set[str]:
@@ -42,11 +50,11 @@ def test_launch_file_starts_existing_executables_with_declared_parameters(path):
     assert any(isinstance(n, ast.FunctionDef) and n.name == 'generate_launch_description' for n in tree.body)
     scripts = {p.name for p in (ROOT / 'scripts').iterdir()}
     for call in _calls(tree, 'Node'):
-        executable = _keyword(call, 'executable').value
-        assert executable in NODES and executable in scripts, executable
-        node_name, specs = NODES[executable]
-        assert _keyword(call, 'name').value == node_name  # the params file is keyed by this name
-        assert _parameter_names(call) <= _declared(specs)
+        for executable in _executables(call):
+            assert executable in NODES and executable in scripts, executable
+            node_name, specs = NODES[executable]
+            assert _keyword(call, 'name').value == node_name  # the params file is keyed by this name
+            assert _parameter_names(call) <= _declared(specs)
 
 
 def test_policy_launch_overrides_name_policy_parameters():
@@ -104,7 +112,7 @@ def test_policy_launch_gives_free_play_an_instruction():
     overrides = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
                      and getattr(node.targets[0], 'id', None) == 'bridge_overrides')
     assert {key.value for key in overrides.body.keys} == {'instruction'} <= _declared(calvin_bridge_node.PARAMETERS)
-    [bridge] = [call for call in _calls(tree, 'Node') if _keyword(call, 'executable').value == 'calvin_bridge_node']
+    [bridge] = [call for call in _calls(tree, 'Node') if _executables(call) == {'calvin_bridge_node'}]
     assert 'bridge_overrides' in {getattr(item, 'id', None) for item in _keyword(bridge, 'parameters').elts}
     assert 'ros2 topic pub --once --qos-durability transient_local' in (ROOT / 'docs' / 'nodes.md').read_text()
 
@@ -114,3 +122,19 @@ def test_benchmark_launch_keeps_results_and_resumes():
     assert {'results_file', 'resume'} <= _declared_arguments(tree)
     [bridge] = _calls(tree, 'Node')
     assert {'results_file', 'resume', 'shutdown_after_evaluation'} <= _parameter_names(bridge)
+
+
+def test_policy_launch_managed_selects_the_lifecycle_node():
+    """``managed:=true`` starts the lifecycle variant under the same name; the plain node stays the default."""
+    text = (ROOT / 'launch' / 'policy.launch.py').read_text()
+    tree = ast.parse(text)
+    assert 'managed' in _declared_arguments(tree)
+    [default] = [call for call in _calls(tree, 'DeclareLaunchArgument') if call.args[0].value == 'managed']
+    assert _keyword(default, 'default_value').value == 'false'
+    [policy] = [call for call in _calls(tree, 'Node') if _keyword(call, 'name').value == 'deer_policy']
+    choice = _keyword(policy, 'executable')
+    assert isinstance(choice, ast.IfExp) and choice.orelse.value == 'policy_node'
+    assert choice.body.value == 'managed_policy_node' and choice.test.id == 'managed'
+    setup = (ROOT / 'setup.py').read_text()
+    assert "'managed_policy_node = deer_ros.nodes.managed_policy_node:main'" in setup
+    assert 'scripts/managed_policy_node' in (ROOT / 'CMakeLists.txt').read_text()
