@@ -27,15 +27,16 @@ def test_runtime_measures_once_then_reuses_and_caps_by_peak_ms(tiny_checkpoint, 
     first = PolicyRuntime(tiny_checkpoint, latency_cache=cache, measure_latency=True)
     table = first.thresholds.latency
     assert not first.latency_reused and cache.path(table.key).is_file()
-    peak = float(table.peak_costs()[2])
+    peak = float(table.peak_costs()[2])  # exit 3 (1-based)
+    capped = int(np.flatnonzero(table.peak_costs() <= peak)[-1])  # 2, unless noise flattened the running maximum
     runtime = PolicyRuntime(tiny_checkpoint, latency_cache=cache, budget=Budget(peak_ms=peak))
     assert runtime.latency_reused and runtime.thresholds.latency == table
-    assert runtime.thresholds.solution.cap == 2 and runtime.num_exits == 3
+    assert runtime.thresholds.solution.cap == capped and runtime.num_exits == capped + 1
     rng = np.random.default_rng(0)
     observation = Observation(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
                               rng.integers(0, 256, (84, 84, 3), dtype=np.uint8))
     _, info = runtime.step(observation, 'open the drawer')
-    assert info.exit_index == 2 and runtime.latency_watch.realised().steps == 1 and runtime.take_drift() is None
+    assert info.exit_index == capped and runtime.latency_watch.realised().steps == 1 and runtime.take_drift() is None
     described = runtime.describe()
     assert 'realised step ms' in described and described['ms budget holds'] in ('True', 'False')
     with pytest.raises(BudgetError, match='feasible peak_ms limits'):
