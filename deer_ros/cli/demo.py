@@ -73,6 +73,7 @@ def _budget(args: argparse.Namespace):
 
 def run_synthetic(source: str, budget, steps: int, seed: int) -> int:
     from deer_ros.benchmark.language import TASK_LANGUAGE
+    from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_ROBOT_OBS, STATIC_CAMERA_SHAPE
     from deer_ros.policy.deer_policy import DeerPolicy
     from deer_ros.policy.types import Observation
 
@@ -85,8 +86,9 @@ def run_synthetic(source: str, budget, steps: int, seed: int) -> int:
         if step % 60 == 0:  # a new "subtask" every 2 s of 30 Hz control
             policy.reset()
             instruction = instructions[rng.integers(len(instructions))]
-        observation = Observation(rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
-                                  rng.integers(0, 256, (84, 84, 3), dtype=np.uint8))
+        # Random images; the robot state is the home pose (a policy with use_proprio needs one, others ignore it).
+        observation = Observation(rng.integers(0, 256, STATIC_CAMERA_SHAPE, dtype=np.uint8),
+                                  rng.integers(0, 256, GRIPPER_CAMERA_SHAPE, dtype=np.uint8), HOME_ROBOT_OBS.copy())
         _, info = policy.select_action(observation, instruction)
         exits[info.exit_index + 1] += 1
         llm.append(info.llm_gflops)

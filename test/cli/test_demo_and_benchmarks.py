@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,10 +52,12 @@ def test_tradeoff_headlines_judge_equal_success_strictly_and_paired() -> None:
     assert rows[3]['paired_difference'] + rows[3]['paired_ci95'] < 0  # 8 fewer of 12: measurably worse
 
 
-def test_demo_synthetic_mode_reports_exits_and_cost() -> None:
-    done = subprocess.run([sys.executable, '-m', 'deer_ros.cli', 'demo', '--source', 'tiny', '--synthetic',
-                           '--steps', '20', '--avg-gflops', '0.2'], check=True, cwd=ROOT, timeout=600,
-                          capture_output=True, text=True)
+@pytest.mark.parametrize('source', [['--source', 'tiny'], []], ids=['random-init tiny config', 'shipped policy'])
+def test_demo_synthetic_mode_reports_exits_and_cost(source: list[str]) -> None:
+    """Also with the shipped policy, which reads the robot state (use_proprio): the synthetic frames carry one."""
+    budget = ['--avg-gflops', '0.2'] if source else []
+    done = subprocess.run([sys.executable, '-m', 'deer_ros.cli', 'demo', *source, '--synthetic', '--steps', '20',
+                           *budget], check=True, cwd=ROOT, timeout=600, capture_output=True, text=True)
     assert 'exit histogram' in done.stdout and 'LLM GFLOPs   avg' in done.stdout and 'p99' in done.stdout
 
 
