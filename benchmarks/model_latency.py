@@ -6,7 +6,7 @@ random observations; the counted cost table gives the GFLOPs.
 
     .venv/bin/python benchmarks/model_latency.py --configs tiny smollm2 --steps 30 --threads 2
 
-Prints a Markdown table (paste into the README) and writes JSON with --output.
+Prints a Markdown table (paste into docs/results.md) and writes JSON with --output.
 """
 from __future__ import annotations
 

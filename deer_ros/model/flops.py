@@ -127,7 +127,7 @@ def instruction_gflops(config: AnyConfig, instruction: str = 'pick the red block
     """One-off GFLOPs of encoding an instruction (0 without a sentence encoder: token lookup is free).
 
     Paid when the instruction changes, not per control step, so it is not in
-    the :class:`CostTable`; reported beside it in the README.
+    the :class:`CostTable`; reported beside it in docs/model.md.
     """
     if not isinstance(config, DeerConfig) or config.decoder.tokenizer != 'minilm':
         return 0.0
