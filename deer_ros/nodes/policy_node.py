@@ -33,7 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from deer_ros.budget.caps import Budget, BudgetSolution
+from deer_ros.budget.caps import COST_UNIT_LABELS, COST_UNITS, Budget, BudgetSolution, budget_in_gflops, to_gflops
 from deer_ros.budget.exit_criterion import METRICS
 from deer_ros.budget.solver import BudgetError
 from deer_ros.calvin_layout import GRIPPER_CAMERA_SHAPE, HOME_TCP_POSE, STATIC_CAMERA_SHAPE
@@ -62,7 +62,10 @@ from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.resources import resolve_checkpoint
 
 NODE_NAME = 'deer_policy'
-BUDGET_PARAMETERS = ('budget.avg_gflops', 'budget.peak_gflops', 'budget.max_memory_mb')
+# What a budget is built from (budget.cost_unit is read-only: it is here so each solve reads it)
+BUDGET_PARAMETERS = ('budget.avg_gflops', 'budget.peak_gflops', 'budget.max_memory_mb', 'budget.peak_ms',
+                     'budget.avg_ms', 'budget.cost_unit')
+_MS_LIMITS = (0.0, 1.0e6)
 _GFLOPS_LIMITS = (0.0, 1.0e6)
 ANSWERS = ('action', 'ready_pose', 'reanswer')  # decisions that answer a frame
 # A frame complete on arrival is acted on at once when the last answer is this many control periods old: a camera
@@ -84,6 +87,21 @@ PARAMETERS = (
               'are dropped (raising it reloads them); 0 = no limit.', limits=_GFLOPS_LIMITS),
     ParamSpec('budget.max_memory_mb', 0.0, 'Parameter memory limit in MiB, met by dropping layers like the '
               'peak limit; 0 = no limit.', limits=(0.0, 1.0e7)),
+    ParamSpec('budget.peak_ms', 0.0, 'Hard per-step time limit in ms: the model is capped at the deepest exit whose '
+              'measured p99 step time (both cameras + decoder + heads, on this device, with this checkpoint) fits; '
+              'combines with the other budgets (the smallest cap wins). 0 = no limit. Infeasible values are '
+              'rejected with the feasible range.', limits=_MS_LIMITS),
+    ParamSpec('budget.avg_ms', 0.0, 'Average step time in ms the exit thresholds are solved for, like '
+              'budget.avg_gflops but on the measured mean step time per exit; with both, the thresholds meet '
+              'both. 0 = no average time budget.', limits=_MS_LIMITS),
+    ParamSpec('budget.cost_unit', 'gflops', 'Unit of budget.avg_gflops and budget.peak_gflops: gflops (deer_ros '
+              'counts two FLOPs per multiply-add) or gmacs (multiply-accumulates, the DeeR paper\'s unit: '
+              '1 GMAC = 2 GFLOPs).', read_only=True, choices=COST_UNITS),
+    ParamSpec('latency.measure_on_start', False, 'Have the per-exit latency table at start (from the cache for '
+              'this device + checkpoint + thread count + torch, else measured: a short warm-up through every '
+              'exit) even without a millisecond budget, so /diagnostics reports step ms against it and '
+              'budget.peak_ms / avg_ms can be set later without first calling ~/recalibrate_latency. '
+              'A peak_ms / avg_ms budget at start loads or measures it anyway.', read_only=True),
     ParamSpec('budget.track_average', True, 'Meet budget.avg_gflops on the robot\'s own observations: every 25 steps '
               'the target the thresholds are solved for is corrected by the realised average (the offline solve '
               'meets it only on the calibration demos); false = the offline thresholds as solved.'),
@@ -138,10 +156,12 @@ PARAMETERS = (
 
 
 def budget_from(values: dict[str, Any]) -> Budget:
-    """Parameter values -> :class:`Budget`; 0 means "no limit" for each field."""
+    """Parameter values -> :class:`Budget` in GFLOPs (given in ``budget.cost_unit``); 0 means "no limit"."""
     def limit(name: str) -> float | None:
         return float(values[name]) if values[name] > 0 else None
-    return Budget(limit('budget.avg_gflops'), limit('budget.peak_gflops'), limit('budget.max_memory_mb'))
+    budget = Budget(limit('budget.avg_gflops'), limit('budget.peak_gflops'), limit('budget.max_memory_mb'),
+                    peak_ms=limit('budget.peak_ms'), avg_ms=limit('budget.avg_ms'))
+    return budget_in_gflops(budget, values['budget.cost_unit'])
 
 
 class PolicyWiring:
@@ -156,6 +176,7 @@ class PolicyWiring:
 
     _stopped = True  # nothing is published outside start_io .. stop_io
     _io: list[Any]  # subscriptions, services, publishers and timers made by start_io
+    _remeasuring = False  # a drift's latency re-measure is running on its thread
 
     def parameter_values(self) -> dict[str, Any]:
         """Every PARAMETERS value in force (declared, converted and checked by :func:`declare`)."""
@@ -172,8 +193,12 @@ class PolicyWiring:
         self.runtime = PolicyRuntime(source, device=values['device'],
                                      metric=values['exit_metric'], cost_kind=values['budget.cost_kind'],
                                      budget=budget_from(values), track_average=values['budget.track_average'],
-                                     seed=values['seed'],
+                                     seed=values['seed'], cost_unit=values['budget.cost_unit'],
+                                     measure_latency=values['latency.measure_on_start'],
                                      warn=self.get_logger().warning)
+        if self.runtime.thresholds.latency is not None:
+            self.get_logger().info(f"latency table {'reused from' if self.runtime.latency_reused else 'measured into'} "
+                                   f'{self.runtime.latency_cache.path(self.runtime.thresholds.latency.key)}')
         self._solved: dict[Budget, BudgetSolution] = {}  # validated budgets: applied as solved, never re-solved
         ready_pose = ReadyPose(tuple(values['ready_pose.tcp'])) if values['ready_pose.enabled'] else None
         self.controller = PolicyController(DeerPolicy(self.runtime, ready_pose),
@@ -225,6 +250,7 @@ class PolicyWiring:
             self._io.append(self.create_subscription(PoseStamped, 'tcp_pose', self._on_tcp_pose, sensor_qos))
         self._io.append(self.create_subscription(String, 'instruction', self._on_instruction, latched))
         self._io.append(self.create_service(Trigger, '~/reset', self._on_reset, qos_profile=RESET_SERVICE_QOS))
+        self._io.append(self.create_service(Trigger, '~/recalibrate_latency', self._on_recalibrate_latency))
 
         self.action_pub = self._create_output(ArmAction, 'arm_action', depth)
         self.twist_pub = self._create_output(TwistStamped, 'delta_twist_cmds', depth)
@@ -234,6 +260,7 @@ class PolicyWiring:
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._io.append(self.create_timer(1.0 / self.rate_hz, self._on_tick, clock=steady))
         self._io.append(self.create_timer(1.0, self._publish_diagnostics, clock=steady))
+        self._io.append(self.create_timer(1.0, self._check_latency_drift, clock=steady))
         self._stopped = False
 
     def stop_io(self) -> None:
@@ -367,6 +394,10 @@ class PolicyWiring:
                 self._solved[budget] = self.runtime.thresholds.solve(budget)
             except BudgetError as error:
                 problem = f'budget rejected: {error}'
+                unit = values['budget.cost_unit']
+                if unit != 'gflops':  # the solver's figures are GFLOPs
+                    problem += (f' (figures in GFLOPs; budget.cost_unit is {unit}: '
+                                f'1 {COST_UNIT_LABELS[unit]} = {to_gflops(1.0, unit):g} GFLOPs)')
         return SetParametersResult(successful=problem is None, reason=problem or '')
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
@@ -396,6 +427,40 @@ class PolicyWiring:
                                         f'still in force: {self.runtime.describe()}')
                 return
             self.get_logger().info(f'budget in force: {self.runtime.describe()}')
+
+    # ---- the latency table: re-measured on request, or when steps drift from it
+    def _recalibrate_latency(self, why: str) -> tuple[bool, str]:
+        """Measure the latency table again (steps wait meanwhile) and solve the budget in force on it."""
+        self.get_logger().info(f'measuring the latency table ({why})')
+        try:
+            solution = self.runtime.remeasure_latency()
+        except BudgetError as error:
+            message = f'latency table re-measured, but the budget in force no longer fits it: {error}'
+            self.get_logger().error(message)
+            return False, message
+        message = (f'latency table re-measured ({why}): p99 ms per exit '
+                   f"{', '.join(f'{ms:.3g}' for ms in self.runtime.thresholds.latency.peak_costs())}, "
+                   f'{solution.cap + 1} exits allowed')
+        self.get_logger().info(message)
+        return True, message
+
+    def _on_recalibrate_latency(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self._recalibrate_latency('~/recalibrate_latency')
+        return response
+
+    def _check_latency_drift(self) -> None:
+        """A drift seen by the steps is re-measured on a thread of its own, not in a control callback."""
+        drift = self.runtime.take_drift()
+        if drift is not None and not self._remeasuring:
+            self.get_logger().warning(f'{drift}: re-measuring the latency table')
+            self._remeasuring = True
+
+            def remeasure() -> None:
+                try:
+                    self._recalibrate_latency(str(drift))
+                finally:
+                    self._remeasuring = False
+            threading.Thread(target=remeasure, name='latency-remeasure', daemon=True).start()
 
 
 class PolicyNode(PolicyWiring, Node):
