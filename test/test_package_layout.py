@@ -152,8 +152,8 @@ def test_package_xml_matches_the_python_package():
 def test_package_xml_declares_what_the_nodes_use():
     root = _package_xml()
     runtime = {e.text for e in root if e.tag in ('depend', 'exec_depend')}
-    assert {'rclpy', 'std_msgs', 'sensor_msgs', 'geometry_msgs', 'std_srvs', 'diagnostic_msgs',
-            'rcl_interfaces', 'lifecycle_msgs', 'launch', 'launch_ros', 'rosidl_default_runtime', 'python3-pil'} <= runtime
+    assert {'rclpy', 'std_msgs', 'sensor_msgs', 'geometry_msgs', 'std_srvs', 'diagnostic_msgs', 'rcl_interfaces',
+            'lifecycle_msgs', 'launch', 'launch_ros', 'rosidl_default_runtime', 'python3-pil'} <= runtime
     assert {e.text for e in root.iter('test_depend')} >= {'ament_cmake_pytest', 'python3-pytest'}
 
 
