@@ -27,7 +27,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
@@ -47,7 +47,13 @@ from deer_ros.nodes.bridge import (
     received_action,
     run_chain_surviving,
 )
-from deer_ros.nodes.image_conversion import rgb_to_image_msg
+from deer_ros.nodes.image_conversion import (
+    COMPRESSED_FORMATS,
+    TRANSPORTS,
+    rgb_to_compressed_msg,
+    rgb_to_image_msg,
+    transport_topic,
+)
 from deer_ros.nodes.messages import joint_state_msg, stamp_ns, tcp_pose_msg
 from deer_ros.nodes.node_main import run_node
 from deer_ros.nodes.parameters import ParamSpec, check_values, declare
@@ -56,6 +62,7 @@ from deer_ros.sim.interface import Obs
 from deer_ros.sim.layout import SCENES
 
 NODE_NAME = 'calvin_bridge'
+RAW_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'yuv422')  # what a camera driver may send; the policy reads all
 STATS_DISCOVERY_GRACE_S = 5.0  # after the policy's actions are matched, how long to wait for its ExitStats
 
 PARAMETERS = (
@@ -97,6 +104,13 @@ PARAMETERS = (
     ParamSpec('policy_label', '', 'Names the policy under evaluation in the results file (the bridge cannot see '
               'it), so a resume with another policy is refused.'),
     ParamSpec('frame_id', 'world', 'frame_id of the TCP pose.'),
+    ParamSpec('image_transport', 'raw', 'Camera frames as image_transport sends them: raw = sensor_msgs/Image on '
+              'camera/<static|gripper>/image_raw; compressed = CompressedImage on <that topic>/compressed (the '
+              "policy's camera.<static|gripper>.transport must match).", read_only=True, choices=tuple(TRANSPORTS)),
+    ParamSpec('compressed_format', 'jpeg', 'image_transport compressed: codec of the frames (jpeg at quality 95, '
+              'or lossless png).', read_only=True, choices=COMPRESSED_FORMATS),
+    ParamSpec('image_encoding', 'rgb8', 'image_transport raw: wire encoding of the frames, to exercise what '
+              'other camera drivers send.', read_only=True, choices=RAW_ENCODINGS),
 )
 
 
@@ -122,8 +136,10 @@ class CalvinBridgeNode(Node):
         group = ReentrantCallbackGroup()
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.static_pub = self.create_publisher(Image, 'camera/static/image_raw', 5)
-        self.gripper_pub = self.create_publisher(Image, 'camera/gripper/image_raw', 5)
+        transport = self.values['image_transport']
+        self.static_pub, self.gripper_pub = (
+            self.create_publisher(TRANSPORTS[transport], transport_topic(f'camera/{camera}/image_raw', transport), 5)
+            for camera in ('static', 'gripper'))
         self.joint_pub = self.create_publisher(JointState, 'joint_states', 5)
         self.tcp_pub = self.create_publisher(PoseStamped, 'tcp_pose', 5)
         self.instruction_pub = self.create_publisher(String, 'instruction', latched)
@@ -182,14 +198,20 @@ class CalvinBridgeNode(Node):
 
     def _send(self, obs: Obs, header: Header) -> None:
         images = obs['rgb_obs']
-        self.static_pub.publish(rgb_to_image_msg(images['rgb_static'], Header(stamp=header.stamp,
-                                                                              frame_id='static_camera')))
-        self.gripper_pub.publish(rgb_to_image_msg(images['rgb_gripper'], Header(stamp=header.stamp,
-                                                                                frame_id='gripper_camera')))
+        self.static_pub.publish(self._image_msg(images['rgb_static'], Header(stamp=header.stamp,
+                                                                             frame_id='static_camera')))
+        self.gripper_pub.publish(self._image_msg(images['rgb_gripper'], Header(stamp=header.stamp,
+                                                                               frame_id='gripper_camera')))
         robot_obs = np.asarray(obs['robot_obs'], dtype=np.float64)
         self.joint_pub.publish(joint_state_msg(robot_obs, header))
         self.tcp_pub.publish(tcp_pose_msg(robot_obs, Header(stamp=header.stamp,
                                                             frame_id=self.get_parameter('frame_id').value)))
+
+    def _image_msg(self, image: np.ndarray, header: Header) -> Image | CompressedImage:
+        """One camera frame in the configured transport (``image_transport``) and its codec or encoding."""
+        if self.values['image_transport'] == 'compressed':
+            return rgb_to_compressed_msg(image, header, format=self.values['compressed_format'])
+        return rgb_to_image_msg(image, header, encoding=self.values['image_encoding'])
 
     def _reset_policy(self) -> None:
         """Call the policy's reset service; a missing service (another policy) is worth a warning, not a stop."""
