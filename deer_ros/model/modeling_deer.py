@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from .configuration_deer import DeerConfig, HeadConfig, ResamplerConfig, VisionC
 from .tokenization import MINILM_HIDDEN_SIZE
 
 WEIGHTS_NAME = 'model.safetensors'
+ConfigT = TypeVar('ConfigT')
 CONFIG_NAME = 'config.json'
 
 
@@ -389,17 +390,7 @@ class DeerVLA(nn.Module):
         Raises :class:`CheckpointError` naming the file for a missing file,
         missing or unexpected tensors, or shape mismatches.
         """
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise CheckpointError(f'checkpoint file not found: {path}')
-        config = DeerConfig.from_file(config_path)
-        if num_exits is not None:
-            if not 1 <= num_exits <= config.num_exits:
-                raise CheckpointError(
-                    f'{config_path}: requested {num_exits} exits but the checkpoint has {config.num_exits}')
-            config = dataclasses.replace(config, num_exits=num_exits)
+        config, weights_path = read_capped_config(directory, DeerConfig.from_file, num_exits)
         with torch.device('meta'):
             model = cls(config)
         model.load_safetensors(weights_path, device)
@@ -419,6 +410,26 @@ class DeerVLA(nn.Module):
         if parts[0] == 'cross_attention':
             return int(parts[1]) >= len(self.cross_attention)
         return False
+
+
+def read_capped_config(directory: str | Path, read_config: Callable[[Path], ConfigT],
+                       num_exits: int | None) -> tuple[ConfigT, Path]:
+    """A checkpoint's config, capped at ``num_exits``, and its weights file: what every ``from_pretrained`` reads first.
+
+    Raises :class:`CheckpointError` for a missing file or more exits than the checkpoint has.
+    """
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f'checkpoint file not found: {path}')
+    config = read_config(config_path)
+    if num_exits is not None:
+        if not 1 <= num_exits <= config.num_exits:
+            raise CheckpointError(
+                f'{config_path}: requested {num_exits} exits but the checkpoint has {config.num_exits}')
+        config = dataclasses.replace(config, num_exits=num_exits)
+    return config, weights_path
 
 
 def load_capped_safetensors(model: nn.Module, path: Path, device: str | torch.device,

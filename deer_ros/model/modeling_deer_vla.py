@@ -45,14 +45,12 @@ from deer_ros.calvin_layout import POSE_DIM
 
 from .configuration_deer_vla import ClipVisionConfig, DeerVLAConfig, LstmHeadConfig, PerceiverConfig
 from .modeling_deer import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    CheckpointError,
     DeerVLA,
     HeadOutput,
     LSTMState,
     load_capped_safetensors,
     masked_max_pool,
+    read_capped_config,
 )
 
 # ``iter_exit_features(..., reference=True)`` yields this index for the features one layer before the first exit.
@@ -476,17 +474,7 @@ class DeerVLAFlamingo(nn.Module):
         Raises :class:`CheckpointError` naming the file for a missing file,
         missing or unexpected tensors, or shape mismatches.
         """
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise CheckpointError(f'checkpoint file not found: {path}')
-        config = DeerVLAConfig.from_file(config_path)
-        if num_exits is not None:
-            if not 1 <= num_exits <= config.num_exits:
-                raise CheckpointError(
-                    f'{config_path}: requested {num_exits} exits but the checkpoint has {config.num_exits}')
-            config = dataclasses.replace(config, num_exits=num_exits)
+        config, weights_path = read_capped_config(directory, DeerVLAConfig.from_file, num_exits)
         with torch.device('meta'):
             model = cls(config)
         load_capped_safetensors(model, weights_path, device, model._is_dropped_layer)
