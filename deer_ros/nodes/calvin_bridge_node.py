@@ -32,8 +32,9 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from deer_ros.benchmark.backends import build_sim_factory
-from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, Chain, disjoint_subsets, generate_chains
+from deer_ros.benchmark.chains import DEFAULT_NUM_CHAINS, DEFAULT_SEED, Chain, disjoint_subsets
 from deer_ros.benchmark.evaluation import ChainResult, Simulator, recorded_results, run_chain, run_settings
+from deer_ros.benchmark.protocols import DEER_ROS, PROTOCOLS, ChainProtocol
 from deer_ros.benchmark.results_file import ResultsFile
 from deer_ros.calvin_layout import EP_LEN
 from deer_ros.msg import ArmAction, ExitStats
@@ -73,6 +74,10 @@ PARAMETERS = (
     ParamSpec('calvin_dataset', '', 'calvin backend: CALVIN split root holding validation/.hydra/merged_config.yaml; '
               "empty = the same env config composed from calvin_env's conf/.", read_only=True),
     ParamSpec('use_egl', False, 'calvin backend: render with EGL (GPU) instead of on the CPU.', read_only=True),
+    ParamSpec('protocol', DEER_ROS.name, "Chain protocol, as deer-ros evaluate --protocol: deer_ros (the project's "
+              "seeded chains and phrases) or calvin (CALVIN's official 1000 chains, its annotations and scene-D start "
+              'states; scene D, chain_seed 0 and max_steps 360 only).', read_only=True,
+              choices=tuple(sorted(PROTOCOLS))),
     ParamSpec('step_mode', 'lockstep', 'lockstep: step the simulator once per policy action (CALVIN protocol, '
               'independent of inference speed); fixed_rate: step at 30 Hz with the newest action or a hold.',
               read_only=True, choices=STEP_MODES),
@@ -112,6 +117,15 @@ PARAMETERS = (
     ParamSpec('image_encoding', 'rgb8', 'image_transport raw: wire encoding of the frames, to exercise what '
               'other camera drivers send.', read_only=True, choices=RAW_ENCODINGS),
 )
+
+
+def evaluation_chains(protocol: ChainProtocol, tasks: list[str], scene: str, seed: int, max_steps: int, num: int,
+                      offset: int) -> list[Chain]:
+    """The slice of ``protocol``'s fixed list an evaluation runs, as ``deer-ros evaluate`` takes it; ``ValueError``
+    for settings the protocol refuses."""
+    protocol.check(scene, max_steps)
+    [chains] = disjoint_subsets(protocol.chains(tasks, seed), [num], offset)
+    return chains
 
 
 class CalvinBridgeNode(Node):
@@ -352,7 +366,7 @@ class CalvinBridgeNode(Node):
         policy.executed.clear()
         self._chain_policy = self._policy_gids()
         try:
-            return run_chain(sim, policy, chain, index, max_steps)
+            return run_chain(sim, policy, chain, index, max_steps, PROTOCOLS[self.values['protocol']])
         except Exception as error:
             if self._stop.is_set() or not self.context.ok():  # shutting down: not the chain's fault
                 raise Interrupted() from error
@@ -374,13 +388,14 @@ class CalvinBridgeNode(Node):
         self._evaluate.clear()
         num, offset, seed, max_steps = (self.get_parameter(name).value
                                         for name in ('num_chains', 'chain_offset', 'chain_seed', 'max_steps'))
-        [chains] = disjoint_subsets(generate_chains(self.tasks, DEFAULT_NUM_CHAINS, seed), [num], offset)
+        protocol = PROTOCOLS[self.values['protocol']]
         settings = {'evaluator': NODE_NAME, 'policy': self.get_parameter('policy_label').value,
                     'backend': self.values['backend'], 'scene': self.values['scene'],
-                    'step_mode': self.values['step_mode'], 'chain_offset': offset, 'chain_seed': seed,
-                    **run_settings(chains, max_steps)}
+                    'step_mode': self.values['step_mode'], 'chain_offset': offset, 'chain_seed': seed}
         tally = EvaluationTally(settings)
         try:
+            chains = evaluation_chains(protocol, self.tasks, self.values['scene'], seed, max_steps, num, offset)
+            settings.update(run_settings(chains, max_steps, protocol))  # records the protocol
             results = self._results_file(chains, settings)
             done = recorded_results(results, chains, max_steps, first_index=offset)
             for index in sorted(done):
@@ -415,7 +430,7 @@ class CalvinBridgeNode(Node):
                 if outcome.policy_gone:
                     tally.error = f'the policy is gone: {result.error}'
                     break
-        except (FileExistsError, ValueError, OSError) as failure:  # the results file cannot be written or resumed
+        except (FileExistsError, ValueError, OSError) as failure:  # protocol refuses, or results file unwritable
             tally.error = str(failure)
         finally:
             self.evaluating = False
