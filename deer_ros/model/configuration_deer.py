@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Self, get_type_hints
 
 import yaml
 
@@ -109,8 +109,82 @@ class HeadConfig:
     mlp_dropout: float = 0.1
 
 
+class ExitModelConfig:
+    """What every model family's config shares: exits every ``exit_interval`` layers, and (de)serialisation.
+
+    Subclasses are dataclasses whose section fields are dataclasses too; ``from_dict`` reads the
+    sections from the type hints, so a family adds fields without a loader of its own.
+    """
+
+    exit_interval: int
+    num_exits: int
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first inconsistent field."""
+
+    @property
+    def exit_layers(self) -> tuple[int, ...]:
+        """Number of decoder layers run when stopping at each exit."""
+        return tuple(self.exit_interval * (k + 1) for k in range(self.num_exits))
+
+    @property
+    def kept_layers(self) -> int:
+        return self.exit_layers[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Stable hash of every field: keys the on-disk cost cache."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        if not isinstance(data, dict):
+            raise ConfigError(f'a model config must be a mapping, got {type(data).__name__}')
+        hints = get_type_hints(cls)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f'unknown model config keys: {sorted(unknown)}')
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            section = hints[key]
+            if dataclasses.is_dataclass(section):
+                if not isinstance(value, dict):
+                    raise ConfigError(f'{key} must be a mapping, got {type(value).__name__}')
+                bad = set(value) - {f.name for f in dataclasses.fields(section)}
+                if bad:
+                    raise ConfigError(f'unknown keys in {key}: {sorted(bad)}')
+                kwargs[key] = section(**_coerce_numbers(section, value, key))
+            else:
+                kwargs[key] = value
+        return cls(**_coerce_numbers(cls, kwargs, 'config'))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        """Load from a YAML or JSON file (``config/*.yaml`` or a checkpoint's ``config.json``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f'model config file not found: {path}')
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as error:
+            raise ConfigError(f'malformed model config {path}: {error}') from error
+        try:
+            return cls.from_dict(data)
+        except (ConfigError, TypeError) as error:
+            raise ConfigError(f'{path}: {error}') from error
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+
 @dataclass
-class DeerConfig:
+class DeerConfig(ExitModelConfig):
     """The whole model.
 
     Exits sit after every ``exit_interval`` decoder layers; ``num_exits`` of them
@@ -125,18 +199,6 @@ class DeerConfig:
     exit_interval: int = 2
     num_exits: int = 6
     use_proprio: bool = False
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @property
-    def exit_layers(self) -> tuple[int, ...]:
-        """Number of decoder layers run when stopping at each exit."""
-        return tuple(self.exit_interval * (k + 1) for k in range(self.num_exits))
-
-    @property
-    def kept_layers(self) -> int:
-        return self.exit_layers[-1]
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first inconsistent field."""
@@ -168,55 +230,6 @@ class DeerConfig:
             raise ConfigError('decoder.text_length must be >= 1')
         if not isinstance(self.head.history_window, int) or self.head.history_window < 1:
             raise ConfigError(f'head.history_window must be a positive integer, got {self.head.history_window!r}')
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def fingerprint(self) -> str:
-        """Stable hash of every field: keys the on-disk cost cache."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> 'DeerConfig':
-        if not isinstance(data, dict):
-            raise ConfigError(f'a model config must be a mapping, got {type(data).__name__}')
-        sections = {'vision': VisionConfig, 'resampler': ResamplerConfig, 'decoder': DecoderConfig, 'head': HeadConfig}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f'unknown model config keys: {sorted(unknown)}')
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in sections:
-                section_fields = {f.name for f in dataclasses.fields(sections[key])}
-                if not isinstance(value, dict):
-                    raise ConfigError(f'{key} must be a mapping, got {type(value).__name__}')
-                bad = set(value) - section_fields
-                if bad:
-                    raise ConfigError(f'unknown keys in {key}: {sorted(bad)}')
-                kwargs[key] = sections[key](**_coerce_numbers(sections[key], value, key))
-            else:
-                kwargs[key] = value
-        return cls(**_coerce_numbers(cls, kwargs, 'config'))
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> 'DeerConfig':
-        """Load from a YAML or JSON file (``config/*.yaml`` or a checkpoint's ``config.json``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f'model config file not found: {path}')
-        try:
-            text = path.read_text()
-            data = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as error:
-            raise ConfigError(f'malformed model config {path}: {error}') from error
-        try:
-            return cls.from_dict(data)
-        except (ConfigError, TypeError) as error:
-            raise ConfigError(f'{path}: {error}') from error
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
 def _coerce_numbers(section: type, values: dict[str, Any], where: str) -> dict[str, Any]:

@@ -12,12 +12,11 @@ OpenFlamingo's ``helpers.py``, MosaicGPT's ``config.json``).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-from .configuration_deer import ConfigError, DeerConfig, _coerce_numbers, shipped_config_path
+from .configuration_deer import ConfigError, ExitModelConfig, shipped_config_path
 
 MODEL_TYPE = 'deer-vla'
 # OpenAI CLIP's pixel statistics (open_clip OPENAI_DATASET_MEAN / _STD), used by every OpenFlamingo checkpoint.
@@ -128,7 +127,7 @@ MLP_HIDDEN_SIZES = (1024, 512, 256)
 
 
 @dataclass
-class DeerVLAConfig:
+class DeerVLAConfig(ExitModelConfig):
     """The whole model.
 
     Exits sit after every ``exit_interval`` decoder layers (upstream blocks
@@ -151,18 +150,6 @@ class DeerVLAConfig:
     num_exits: int = 6
     exit_pooling: str = 'all_tokens'
     first_exit_reference: bool = True
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @property
-    def exit_layers(self) -> tuple[int, ...]:
-        """Number of decoder layers run when stopping at each exit."""
-        return tuple(self.exit_interval * (k + 1) for k in range(self.num_exits))
-
-    @property
-    def kept_layers(self) -> int:
-        return self.exit_layers[-1]
 
     @property
     def use_proprio(self) -> bool:
@@ -215,35 +202,6 @@ class DeerVLAConfig:
         for name in ('image_mean', 'image_std'):
             if len(getattr(self.vision, name)) != 3:
                 raise ConfigError(f'vision.{name} must hold 3 numbers (RGB)')
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> 'DeerVLAConfig':
-        if not isinstance(data, dict):
-            raise ConfigError(f'a model config must be a mapping, got {type(data).__name__}')
-        hints = get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f'unknown model config keys: {sorted(unknown)}')
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            section = hints[key]
-            if dataclasses.is_dataclass(section):
-                if not isinstance(value, dict):
-                    raise ConfigError(f'{key} must be a mapping, got {type(value).__name__}')
-                bad = set(value) - {f.name for f in dataclasses.fields(section)}
-                if bad:
-                    raise ConfigError(f'unknown keys in {key}: {sorted(bad)}')
-                kwargs[key] = section(**_coerce_numbers(section, value, key))
-            else:
-                kwargs[key] = value
-        return cls(**_coerce_numbers(cls, kwargs, 'config'))
-
-    # Generic in DeerConfig (dataclasses.asdict, cls.from_dict): one implementation for both families.
-    to_dict = DeerConfig.to_dict
-    fingerprint = DeerConfig.fingerprint
-    save = DeerConfig.save
-    from_file = classmethod(DeerConfig.from_file.__func__)
 
 
 def is_deer_vla_config(data: Any) -> bool:
