@@ -58,7 +58,6 @@ from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import check_joint_positions, check_tcp_pose
 from deer_ros.policy.deer_policy import DeerPolicy
 from deer_ros.policy.ready_pose import ReadyPose
-from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.resources import resolve_checkpoint
 
 NODE_NAME = 'deer_policy'
@@ -190,18 +189,19 @@ class PolicyWiring:
         self.frame_id = values['frame_id']
         started = time.monotonic()
         source = resolve_checkpoint(values['checkpoint']) if values['checkpoint'] else values['model_config']
-        self.runtime = PolicyRuntime(source, device=values['device'],
-                                     metric=values['exit_metric'], cost_kind=values['budget.cost_kind'],
-                                     budget=budget_from(values), track_average=values['budget.track_average'],
-                                     seed=values['seed'], cost_unit=values['budget.cost_unit'],
-                                     measure_latency=values['latency.measure_on_start'],
-                                     warn=self.get_logger().warning)
+        ready_pose = ReadyPose(tuple(values['ready_pose.tcp'])) if values['ready_pose.enabled'] else None
+        policy = DeerPolicy.from_pretrained(source, device=values['device'], metric=values['exit_metric'],
+                                            cost_kind=values['budget.cost_kind'], budget=budget_from(values),
+                                            track_average=values['budget.track_average'], seed=values['seed'],
+                                            cost_unit=values['budget.cost_unit'], ready_pose=ready_pose,
+                                            measure_latency=values['latency.measure_on_start'],
+                                            warn=self.get_logger().warning)
+        self.runtime = policy.runtime
         if self.runtime.thresholds.latency is not None:
             self.get_logger().info(f"latency table {'reused from' if self.runtime.latency_reused else 'measured into'} "
                                    f'{self.runtime.latency_cache.path(self.runtime.thresholds.latency.key)}')
         self._solved: dict[Budget, BudgetSolution] = {}  # validated budgets: applied as solved, never re-solved
-        ready_pose = ReadyPose(tuple(values['ready_pose.tcp'])) if values['ready_pose.enabled'] else None
-        self.controller = PolicyController(DeerPolicy(self.runtime, ready_pose),
+        self.controller = PolicyController(policy,
                                            max_input_age_s=values['max_input_age_s'],
                                            on_stale_input=values['on_stale_input'],
                                            require_new_frame=values['require_new_frame'],

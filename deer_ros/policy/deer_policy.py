@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from deer_ros.budget.caps import Budget, CostKind
+from deer_ros.budget.caps import Budget, CostKind, CostUnit
 from deer_ros.model import DeerConfig
 from deer_ros.model.cost import CostTable
 from deer_ros.policy.ready_pose import ReadyPose, ReadyPoseReturn
@@ -60,7 +60,8 @@ class DeerPolicy:
     @classmethod
     def from_pretrained(cls, source: str | Path, *, device: str = 'cpu', budget: Budget = Budget(),
                         ready_pose: ReadyPose | None = None, track_average: bool = False, metric: str = 'rms',
-                        cost_kind: CostKind = 'llm', seed: int = 0,
+                        cost_kind: CostKind = 'llm', cost_unit: CostUnit = 'gflops', seed: int = 0,
+                        measure_latency: bool = False,
                         warn: Callable[[str], None] = _LOG.warning) -> 'DeerPolicy':
         """A runnable policy: the one way to load DeeR for acting.
 
@@ -77,11 +78,14 @@ class DeerPolicy:
             track_average: meet ``budget.avg_gflops`` in closed loop on the realised step costs.
             metric: exit-rule metric; must match the calibration file's.
             cost_kind: what the GFLOPs budgets count: ``llm`` (decoder only) or ``total``.
+            cost_unit: the unit budgets are given in: ``gflops`` or ``gmacs`` (the paper's).
             seed: random-init seed for config sources and for synthetic calibration.
+            measure_latency: have a per-exit latency table (cached, else measured) even without an ms budget.
             warn: where start-up warnings go (the node passes its logger).
         """
         runtime = PolicyRuntime(source, device=device, metric=metric, cost_kind=cost_kind, budget=budget,
-                                track_average=track_average, seed=seed, warn=warn)
+                                track_average=track_average, seed=seed, warn=warn, cost_unit=cost_unit,
+                                measure_latency=measure_latency)
         return cls(runtime, ready_pose)
 
     @property
