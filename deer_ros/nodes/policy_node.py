@@ -57,6 +57,7 @@ from deer_ros.nodes.parameters import ParamSpec, check_values, declare
 from deer_ros.nodes.qos import EXIT_STATS_QOS
 from deer_ros.nodes.robot_state import check_joint_positions, check_tcp_pose
 from deer_ros.policy.deer_policy import DeerPolicy
+from deer_ros.policy.early_exit import PRECISIONS
 from deer_ros.policy.ready_pose import ReadyPose
 from deer_ros.resources import resolve_checkpoint
 
@@ -113,6 +114,10 @@ PARAMETERS = (
     ParamSpec('model_config', 'tiny', 'Shipped config name (tiny, smollm2, deer-vla-3b, deer-vla-9b) or config '
               'file, used when checkpoint is empty.', read_only=True),
     ParamSpec('device', 'cpu', 'Torch device for the model (cpu, cuda, cuda:1, ...).', read_only=True),
+    ParamSpec('precision', 'fp32', 'Inference precision: fp32, or bf16 / fp16 autocast of the model (vision, '
+              'decoder exits, action head); upstream DeeR-VLA evaluates under fp16/bf16 autocast on CUDA. fp16 '
+              'needs a CUDA device; bf16 also runs on CPU. The exit rule and the safety checks stay in fp32/fp64.',
+              read_only=True, choices=PRECISIONS),
     ParamSpec('seed', 0, 'Seed of the random init (model_config) and of synthetic calibration.', read_only=True,
               limits=(0, 2 ** 31 - 1)),
     ParamSpec('num_threads', 0, 'Torch intra-op CPU threads; 0 = torch default. Leave cores for DDS on small '
@@ -195,6 +200,7 @@ class PolicyWiring:
                                             track_average=values['budget.track_average'], seed=values['seed'],
                                             cost_unit=values['budget.cost_unit'], ready_pose=ready_pose,
                                             measure_latency=values['latency.measure_on_start'],
+                                            precision=values['precision'],
                                             warn=self.get_logger().warning)
         self.runtime = policy.runtime
         if self.runtime.thresholds.latency is not None:

@@ -30,6 +30,7 @@ from typing import Callable
 from deer_ros.budget.caps import Budget, CostKind, CostUnit
 from deer_ros.model import DeerConfig
 from deer_ros.model.cost import CostTable
+from deer_ros.policy.early_exit import Precision
 from deer_ros.policy.ready_pose import ReadyPose, ReadyPoseReturn
 from deer_ros.policy.runtime import PolicyRuntime
 from deer_ros.policy.types import Action, ExitInfo, Observation
@@ -61,7 +62,7 @@ class DeerPolicy:
     def from_pretrained(cls, source: str | Path, *, device: str = 'cpu', budget: Budget = Budget(),
                         ready_pose: ReadyPose | None = None, track_average: bool = False, metric: str = 'rms',
                         cost_kind: CostKind = 'llm', cost_unit: CostUnit = 'gflops', seed: int = 0,
-                        measure_latency: bool = False,
+                        measure_latency: bool = False, precision: Precision = 'fp32',
                         warn: Callable[[str], None] = _LOG.warning) -> 'DeerPolicy':
         """A runnable policy: the one way to load DeeR for acting.
 
@@ -81,11 +82,13 @@ class DeerPolicy:
             cost_unit: the unit budgets are given in: ``gflops`` or ``gmacs`` (the paper's).
             seed: random-init seed for config sources and for synthetic calibration.
             measure_latency: have a per-exit latency table (cached, else measured) even without an ms budget.
+            precision: ``fp32``, or ``bf16`` / ``fp16`` autocast of the model's forward parts, as upstream
+                evaluates on CUDA (fp16 needs CUDA; bf16 also runs on CPU).
             warn: where start-up warnings go (the node passes its logger).
         """
         runtime = PolicyRuntime(source, device=device, metric=metric, cost_kind=cost_kind, budget=budget,
                                 track_average=track_average, seed=seed, warn=warn, cost_unit=cost_unit,
-                                measure_latency=measure_latency)
+                                measure_latency=measure_latency, precision=precision)
         return cls(runtime, ready_pose)
 
     @property

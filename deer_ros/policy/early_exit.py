@@ -15,11 +15,19 @@ tentative head calls at each exit start from it without changing it, and the
 chosen exit's call gives the next one. Nothing grows with the episode length:
 the carried state is a few features or one LSTM state, plus the cached
 instruction tokens.
+
+Precision: upstream DeeR-VLA evaluates under fp16/bf16 autocast on CUDA.
+``precision`` runs the model's forward parts (vision, decoder exits, head
+calls) under ``torch.autocast``; the poses are read back as float64 and the
+carried history as float32, so the exit rule, the clamping and the
+non-finite check see the same types at every precision.
 """
 from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import AbstractContextManager, nullcontext
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,6 +40,19 @@ from deer_ros.model.modeling_deer import LSTMState
 from deer_ros.model.modeling_deer_vla import REFERENCE
 from deer_ros.policy.types import Action, ExitInfo, Observation
 
+Precision = Literal['fp32', 'bf16', 'fp16']
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+PRECISIONS = tuple(AUTOCAST_DTYPES)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (``None`` = fp32); raises ``ValueError`` where unsupported."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    if precision == 'fp16' and device.type != 'cuda':
+        raise ValueError('fp16 autocast needs CUDA; use bf16 or fp32 on CPU')
+    return AUTOCAST_DTYPES[precision]
+
 
 class NonFiniteActionError(RuntimeError):
     """The model produced NaN/inf: the caller must not send this action to a robot."""
@@ -41,11 +62,13 @@ class EarlyExitPolicy:
     """``reset()`` per episode/instruction, ``step(observation, instruction)`` per control tick."""
 
     def __init__(self, model: AnyModel, criterion: ExitCriterion, cost_table: CostTable,
-                 instruction_encoder: TextEncoder | None = None) -> None:
+                 instruction_encoder: TextEncoder | None = None, precision: Precision = 'fp32') -> None:
         self.model = model.eval()
         self.cost_table = cost_table
         self.instruction_encoder = instruction_encoder or instruction_encoder_for(model.config)
         self.device = next(model.parameters()).device
+        self.precision = precision
+        self._autocast_dtype = autocast_dtype(precision, self.device)
         self.set_criterion(criterion)
         self._carries_state = getattr(model, 'carries_state', False)
         self._state: LSTMState | None = None
@@ -85,6 +108,12 @@ class EarlyExitPolicy:
             return None
         return self.model.action_head.history_state(torch.cat(list(self._history), dim=1))
 
+    def _autocast(self) -> AbstractContextManager[object]:
+        """The model's forward parts run under this: autocast at bf16/fp16, nothing at fp32."""
+        if self._autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
     def _encoded_instruction(self, instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
         if instruction != self._instruction:
             text_input, mask = self.instruction_encoder([instruction])
@@ -111,32 +140,33 @@ class EarlyExitPolicy:
             raise ValueError(f'max_exit must be in [0, {self.num_exits - 1}], got {max_exit}')
         text_input, mask = self._encoded_instruction(instruction)
         proprio = None if observation.proprio is None else self._as_batch(np.asarray(observation.proprio, np.float32))
-        visual = self.model.encode_vision(self._as_batch(observation.rgb_static),
-                                          self._as_batch(observation.rgb_gripper), proprio)
-        state = self._history_state()
-        consistency: list[float] = []
-        previous_pose: np.ndarray | None = None
-        options: dict[str, bool | int] = {'reference': True} if self.criterion.first_exit_checked else {}
-        if max_exit is not None:
-            options['num_exits'] = max_exit + 1
-        for exit_index, feature in self.model.iter_exit_features(visual, text_input, mask, **options):
-            output = self.model.action_head(feature.unsqueeze(1), state)
-            pose = output.pose[0, 0].double().cpu().numpy()
-            if exit_index == REFERENCE:  # the first exit is compared with the layer before it
+        with self._autocast():  # the exit rule inside reads float64 numpy poses, which autocast leaves alone
+            visual = self.model.encode_vision(self._as_batch(observation.rgb_static),
+                                              self._as_batch(observation.rgb_gripper), proprio)
+            state = self._history_state()
+            consistency: list[float] = []
+            previous_pose: np.ndarray | None = None
+            options: dict[str, bool | int] = {'reference': True} if self.criterion.first_exit_checked else {}
+            if max_exit is not None:
+                options['num_exits'] = max_exit + 1
+            for exit_index, feature in self.model.iter_exit_features(visual, text_input, mask, **options):
+                output = self.model.action_head(feature.unsqueeze(1), state)
+                pose = output.pose[0, 0].double().cpu().numpy()  # float64 at every precision
+                if exit_index == REFERENCE:  # the first exit is compared with the layer before it
+                    previous_pose = pose
+                    continue
+                value = float('nan') if previous_pose is None else self.criterion.consistency(pose, previous_pose)
+                consistency.append(value)
+                if self.criterion.should_exit(exit_index, value):
+                    break
                 previous_pose = pose
-                continue
-            value = float('nan') if previous_pose is None else self.criterion.consistency(pose, previous_pose)
-            consistency.append(value)
-            if self.criterion.should_exit(exit_index, value):
-                break
-            previous_pose = pose
         gripper_logit = float(output.gripper_logit[0, 0])
         if not (np.all(np.isfinite(pose)) and np.isfinite(gripper_logit)):
             raise NonFiniteActionError(f'non-finite action at exit {exit_index}: pose={pose}, gripper={gripper_logit}')
         if self._carries_state:
-            self._state = output.state  # the chosen exit's call advances the carried state
+            self._state = (output.state[0].float(), output.state[1].float())  # the chosen exit's call advances it
         else:
-            self._history.append(feature.unsqueeze(1))  # maxlen 0 (a window of 1) keeps nothing
+            self._history.append(feature.unsqueeze(1).float())  # maxlen 0 (a window of 1) keeps nothing
         action = Action(pose=np.clip(pose, -1.0, 1.0), gripper=GRIPPER_OPEN if gripper_logit > 0 else GRIPPER_CLOSE)
         info = ExitInfo(
             exit_index=exit_index, exit_layer=self.model.exit_layers[exit_index], num_exits=self.num_exits,

@@ -45,7 +45,7 @@ from deer_ros.model import load_model
 from deer_ros.model.cost import CostTable
 from deer_ros.model.family import AnyConfig, AnyModel, checkpoint_config, instruction_encoder_for, load_config
 from deer_ros.model.flops import cost_table_for
-from deer_ros.policy.early_exit import EarlyExitPolicy
+from deer_ros.policy.early_exit import EarlyExitPolicy, Precision, autocast_dtype
 from deer_ros.policy.latency_probe import latency_key, measure_latency_table, source_identity
 from deer_ros.policy.types import Action, ExitInfo, Observation
 
@@ -116,13 +116,18 @@ class PolicyRuntime:
             (:func:`~deer_ros.budget.caps.budget_in_gflops`), :meth:`describe` shows them in this unit.
         measure_latency: have the per-exit latency table from the start (cached, else measured) even
             without a millisecond budget; with ``peak_ms`` / ``avg_ms`` in ``budget`` it is had anyway.
+        precision: ``fp32``, or ``bf16`` / ``fp16`` autocast for the model's forward parts (upstream evaluates
+            under fp16/bf16 autocast on CUDA; fp16 needs CUDA). Reloads keep it.
     """
 
     def __init__(self, source: str | Path, *, device: str = 'cpu', metric: str = 'rms', cost_kind: CostKind = 'llm',
                  budget: Budget = Budget(), track_average: bool = False, seed: int = 0,
                  warn: Callable[[str], None] = _LOG.warning, latency_cache: LatencyCache | None = None,
-                 measure_latency: bool = False, cost_unit: CostUnit = 'gflops') -> None:
+                 measure_latency: bool = False, cost_unit: CostUnit = 'gflops',
+                 precision: Precision = 'fp32') -> None:
         check_metric(metric)
+        autocast_dtype(precision, torch.device(device))  # refuse a bad precision before loading anything
+        self.precision = precision
         self.source = source
         self.checkpoint = Path(source) if Path(source).is_dir() else None
         self.device = device
@@ -163,7 +168,7 @@ class PolicyRuntime:
         else:
             model.truncate(solution.cap + 1)
         self._policy = EarlyExitPolicy(model, solution.criterion, self.cost_table.truncated(solution.cap + 1),
-                                       self.instruction_encoder)
+                                       self.instruction_encoder, precision)
 
     # ---- loading
     def _config(self) -> AnyConfig:
@@ -251,7 +256,8 @@ class PolicyRuntime:
             replacement = None
             if num_exits > self.num_exits:
                 replacement = EarlyExitPolicy(self._load(num_exits), solution.criterion,
-                                              self.cost_table.truncated(num_exits), self.instruction_encoder)
+                                              self.cost_table.truncated(num_exits), self.instruction_encoder,
+                                              self.precision)
             with self._lock:
                 if replacement is not None:
                     self._policy = replacement
