@@ -4,7 +4,7 @@ One thread owns the simulator (pybullet is not thread-safe) and runs either
 free play (apply each incoming action, publish the new observation) or an
 evaluation (``deer_ros.benchmark.evaluation.run_chain`` with the ROS round trip as
 its policy). ROS callbacks only hand actions and exit stats to that thread, so one
-executor thread serves them all (``num_threads=1``: a single-threaded executor, which
+executor thread serves them all (run_node's single-threaded executor, which
 unlike rclpy's multi-threaded one does not poll a core away from the simulator;
 measured 79-83 % of the in-process steps/s against 72-76 % with three threads).
 Lock-step vs fixed rate: see :mod:`deer_ros.nodes.bridge`.
@@ -455,7 +455,7 @@ FASTDDS_TRANSPORTS = ('FASTDDS_BUILTIN_TRANSPORTS', 'UDPv4')
 
 def main(args: list[str] | None = None) -> None:
     os.environ.setdefault(*FASTDDS_TRANSPORTS)  # read when rclpy creates the participant
-    sys.exit(run_node(CalvinBridgeNode, NODE_NAME, num_threads=1, on_stop=CalvinBridgeNode.stop,
+    sys.exit(run_node(CalvinBridgeNode, NODE_NAME, on_stop=CalvinBridgeNode.stop,
                       until=lambda node: node.done, args=args))
 
 

@@ -91,7 +91,7 @@ class ManagedPolicyNode(PolicyWiring, LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(ManagedPolicyNode, NODE_NAME, num_threads=1, on_stop=ManagedPolicyNode.halt, args=args))
+    sys.exit(run_node(ManagedPolicyNode, NODE_NAME, on_stop=ManagedPolicyNode.halt, args=args))
 
 
 if __name__ == '__main__':

@@ -7,10 +7,12 @@ goes down only after the node stopped. Python runs that handler only between
 bytecodes, so the spin wakes at least every ``WAKE_S``: a node with nothing to
 do (the bridge before a policy is up) would otherwise block Ctrl-C forever.
 
-Executors: ``num_threads=1`` runs the node on rclpy's ``SingleThreadedExecutor``
-(the policy node: in this rclpy release the ``MultiThreadedExecutor`` spends CPU
-polling, rclpy issues 1452 and 1223, which a node that computes cannot spare;
-docs/results.md); more threads run a :class:`DrainingExecutor`.
+Executor: rclpy's ``SingleThreadedExecutor`` for every node. In this rclpy
+release the ``MultiThreadedExecutor`` spends CPU polling (rclpy issues 1452 and
+1223), which a node that computes cannot spare (docs/results.md), and its
+shutdown destroys its wake-up guard before joining its pool, so callbacks still
+queued there print "exception was never retrieved" on exit. One thread has
+neither problem; the nodes' callbacks only hand work over or are the work.
 """
 from __future__ import annotations
 
@@ -18,9 +20,8 @@ import signal
 from typing import Callable, TypeVar
 
 import rclpy
-from rclpy.context import Context
 from rclpy.exceptions import ParameterException
-from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
@@ -31,34 +32,9 @@ STARTUP_ERRORS = (ValueError, OSError, ImportError, RuntimeError, ParameterExcep
 NodeT = TypeVar('NodeT', bound=Node)
 
 
-class DrainingExecutor(MultiThreadedExecutor):
-    """A ``MultiThreadedExecutor`` whose shutdown first runs the callbacks already handed to its worker threads.
-
-    rclpy (9.x) destroys the executor's wake-up guard condition before joining
-    its thread pool; each callback still queued then fails on that guard and
-    the process prints "The following exception was never retrieved: cannot use
-    Destroyable because destruction was requested" on exit. Draining first lets
-    them run against the live node (a stopped node publishes nothing more).
-    """
-
-    def shutdown(self, timeout_sec: float | None = None, *, wait_for_threads: bool = True) -> bool:
-        self._executor.shutdown(wait=True)  # rclpy's worker pool; nothing spins any more, so nothing new arrives
-        return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
-
-
-def executor_for(num_threads: int, context: Context | None = None) -> Executor:
-    """One thread: ``SingleThreadedExecutor`` (no pool, nothing to drain); more: a :class:`DrainingExecutor`."""
-    if num_threads == 1:
-        return SingleThreadedExecutor(context=context)
-    return DrainingExecutor(num_threads=num_threads, context=context)
-
-
-def run_node(make_node: Callable[[], NodeT], name: str, *, num_threads: int, on_stop: Callable[[NodeT], None],
+def run_node(make_node: Callable[[], NodeT], name: str, *, on_stop: Callable[[NodeT], None],
              until: Callable[[NodeT], Future] | None = None, args: list[str] | None = None) -> int:
     """Run one node until Ctrl-C, SIGTERM or ``until(node)`` completes; return the process exit code.
-
-    ``num_threads``: 1 spins the node on the calling thread alone
-    (``SingleThreadedExecutor``); more use a pool of that many threads.
 
     1 when the node cannot start (the reason is logged as fatal under ``name``)
     or when ``until``'s future completed with ``False``; otherwise 0. On the way
@@ -73,7 +49,7 @@ def run_node(make_node: Callable[[], NodeT], name: str, *, num_threads: int, on_
         rclpy.logging.get_logger(name).fatal(f'cannot start: {error}')
         rclpy.try_shutdown()
         return 1
-    executor = executor_for(num_threads)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     done = until(node) if until is not None else None
     try:

@@ -487,7 +487,7 @@ def shown_instruction(text: str) -> str:
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(PolicyNode, NODE_NAME, num_threads=1, on_stop=PolicyNode.stop, args=args))
+    sys.exit(run_node(PolicyNode, NODE_NAME, on_stop=PolicyNode.stop, args=args))
 
 
 if __name__ == '__main__':
