@@ -26,6 +26,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -62,6 +63,7 @@ from deer_ros.policy.ready_pose import ReadyPose
 from deer_ros.resources import resolve_checkpoint
 
 NODE_NAME = 'deer_policy'
+FINAL_HOLD_ACK_S = 2.0  # how long stop() waits for subscribers to acknowledge the final hold
 # What a budget is built from (budget.cost_unit is read-only: it is here so each solve reads it)
 BUDGET_PARAMETERS = ('budget.avg_gflops', 'budget.peak_gflops', 'budget.max_memory_mb', 'budget.peak_ms',
                      'budget.avg_ms', 'budget.cost_unit')
@@ -385,9 +387,15 @@ class PolicyWiring:
                                                      status=statuses))
 
     def stop(self, reason: str = 'node stopped') -> None:
-        """Publish a final hold and stop publishing: the arm must not keep the last velocity."""
+        """Publish a final hold and stop publishing: the arm must not keep the last velocity.
+
+        The process usually exits right after this, so wait (bounded) until reliable subscribers acknowledged the
+        hold: on a loaded machine it could otherwise go down with the process before it was delivered.
+        """
         if not self._stopped:
             self._publish(self.controller.hold([reason]), last=True)
+            for publisher in (self.action_pub, self.twist_pub):
+                publisher.wait_for_all_acked(Duration(seconds=FINAL_HOLD_ACK_S))
 
     # ---- parameters: validate (a budget is solved here, once), then apply what was validated
     def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:

@@ -97,12 +97,21 @@ class PolicyDriver(Node):
                 return stamp
         return None
 
-    def action_for(self, stamp: int, timeout: float = 20.0) -> ArmAction | None:
-        def find() -> ArmAction | None:
+    def action_for(self, stamp: int, timeout: float = 20.0, hold_grace: float = 2.0) -> ArmAction | None:
+        """The node's answer to the frame stamped ``stamp``: its action, else the hold it sent for that frame.
+
+        A hold carries the newest frame's stamp, so a hold sent before the frame's last input arrived (the latched
+        instruction can come after the first frame on a loaded machine) is followed by the real answer: after a
+        hold, wait ``hold_grace`` s for an action to the same frame.
+        """
+        def answers() -> list[ArmAction]:
             with self.lock:
-                return next((a for a in self.actions if stamp_ns(a.header.stamp) == stamp), None)
-        wait_for(lambda: find() is not None, timeout)
-        return find()
+                return [a for a in self.actions if stamp_ns(a.header.stamp) == stamp]
+        if not wait_for(lambda: bool(answers()), timeout):
+            return None
+        wait_for(lambda: any(not a.hold for a in answers()), hold_grace)
+        found = answers()
+        return next((a for a in found if not a.hold), found[0])
 
     def count(self) -> tuple[int, int]:
         """(actions, diagnostics) recorded so far: marks to look only at what comes after."""
