@@ -201,7 +201,9 @@ def test_a_silent_then_vanished_policy_fails_chains_and_the_bridge_exits_nonzero
     robot = Robot(rclpy_context, answers=True)  # publishes on arm_action, never answers
     with BackgroundSpinner(robot, context=rclpy_context):
         assert wait_for(lambda: robot.latest('evaluation/chain_result') is not None, STARTUP_S), bridge.log
-        robot.destroy_publisher(robot.actions)
+    # Destroyed between spins: an entity destroyed while another thread waits on it breaks that wait (rclpy).
+    robot.destroy_publisher(robot.actions)
+    with BackgroundSpinner(robot, context=rclpy_context):
         assert wait_for(lambda: _summary(robot) is not None, STARTUP_S), bridge.log
         summary = _summary(robot)
     first = summary['failed_chains'][0]
