@@ -101,7 +101,7 @@ def test_bridge_publishes_observations_and_steps_once_per_answer(start_node, rcl
         assert np.all(np.isfinite(robot.latest('joint_states').position))
     assert bridge.running()
     assert bridge.stop() == 0, bridge.log
-    assert 'never retrieved' not in bridge.log  # a clean shutdown (run_node drains its executor)
+    assert 'never retrieved' not in bridge.log  # a clean shutdown (run_node spins one thread: no pool left with queued callbacks)
 
 
 def test_bridge_evaluates_chains_against_the_policy_node(start_node, rclpy_context, tiny_checkpoint):
