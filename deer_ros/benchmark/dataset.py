@@ -7,6 +7,8 @@ recordings), ``ep_lens.npy`` and ``lang_annotations/auto_lang_ann.npy`` (a
 pickled dict: ``language.ann``, ``language.task``, ``language.emb``,
 ``info.indx``, ``info.episodes``). Using CALVIN's own format means the same
 training code runs on our simulator's demos and on the real CALVIN splits.
+A parallel collection writes one such root per worker (``shard_XX/``) instead of
+merging index files; :func:`dataset_roots` lists a collection's roots.
 
 ``language.emb``: real CALVIN stores MiniLM sentence embeddings. We do not
 compute embeddings, so the writer stores zeros of shape ``(n, 1, 384)``
@@ -49,10 +51,39 @@ OPTIONAL_FRAME_SHAPES: dict[str, tuple[int, ...]] = {'depth_static': (STATIC_CAM
 LANG_EMB_DIM = 384
 DEFAULT_WINDOW = 12
 _ANNOTATION_FILE = Path('lang_annotations') / 'auto_lang_ann.npy'
+_SHARD_PREFIX = 'shard_'
 
 
 def frame_path(split_dir: Path, index: int) -> Path:
     return Path(split_dir) / f'episode_{index:07d}.npz'
+
+
+def shard_dir(root: Path | str, index: int) -> Path:
+    """Where worker ``index`` of a parallel collection writes its own complete dataset root."""
+    return Path(root) / f'{_SHARD_PREFIX}{index:02d}'
+
+
+def dataset_roots(output: Path | str) -> list[Path]:
+    """The dataset roots of a collection, to train on together: ``output`` itself when it holds ``training/`` (one
+    process), else its ``shard_*`` roots in worker order (``deer-ros collect --workers N``).
+
+    A shard without its index files (its worker was killed before closing it) is an error naming it, not a
+    silently smaller dataset: delete it to use the others.
+    """
+    output = Path(output)
+    if (output / 'training').is_dir():
+        return [output]
+    shards = sorted((path for path in output.glob(f'{_SHARD_PREFIX}*')
+                     if path.is_dir() and path.name[len(_SHARD_PREFIX):].isdigit()),
+                    key=lambda path: int(path.name[len(_SHARD_PREFIX):]))
+    if not shards:
+        raise FileNotFoundError(f'{output} holds neither training/ nor shard_*/ dataset roots')
+    unfinished = [str(shard) for shard in shards
+                  if not all((shard / split / 'ep_start_end_ids.npy').is_file() for split in SPLITS)]
+    if unfinished:
+        raise FileNotFoundError(f'{", ".join(unfinished)}: no index files (the worker did not finish); '
+                                f'delete to use the other shards')
+    return shards
 
 
 @dataclass(frozen=True)

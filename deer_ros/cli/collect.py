@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from deer_ros.benchmark.backends import load_policy_factory
 from deer_ros.calvin_layout import EP_LEN
-from deer_ros.expert.collect import DEFAULT_TAKEOVER_STEPS, Takeover, collect
+from deer_ros.expert.collect import DEFAULT_TAKEOVER_STEPS, ShardsFailed, Takeover, collect
+from deer_ros.expert.task_mix import TaskMix
 from deer_ros.sim.layout import SCENES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--output', type=Path, required=True, help='dataset root (gets training/ and validation/)')
+    parser.add_argument('--output', type=Path, required=True,
+                        help='dataset root (gets training/ and validation/; with --workers N, one root per worker: '
+                             'shard_00/ ... )')
     parser.add_argument('--episodes', type=int, default=100,
                         help='number of language-annotated demos to record (one successful subtask each)')
     parser.add_argument('--scenes', nargs='+', default=['D'], choices=sorted(SCENES),
@@ -29,6 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--takeover-steps', type=int,
                         help=f'the takeover policy runs a uniformly drawn 1..N steps per subtask '
                              f'(needs --takeover-policy; default {DEFAULT_TAKEOVER_STEPS})')
+    parser.add_argument('--workers', type=int, default=1,
+                        help='spawned processes recording in parallel, each its share of the demos into its own '
+                             'shard_XX/ dataset root, with a seed derived from (--seed, worker index)')
+    parser.add_argument('--tasks', nargs='+', metavar='TASK',
+                        help='draw only these tasks (names or fnmatch patterns such as "rotate_*"; default: all)')
+    parser.add_argument('--task-weights', type=json.loads, metavar='JSON',
+                        help='JSON object task (or pattern) -> weight >= 0; among the applicable tasks each is drawn '
+                             'with probability proportional to its weight (unlisted: 1, 0: never)')
     parser.add_argument('--no-progress', action='store_true')
 
 
@@ -43,8 +55,17 @@ def takeover_from_args(args: argparse.Namespace) -> Takeover | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the summary as JSON; exit 1 if a worker failed (the summary's ``failed_shards`` says which)."""
+    if args.task_weights is not None and not isinstance(args.task_weights, dict):
+        raise ValueError(f'--task-weights must be a JSON object, got {args.task_weights!r}')
+    mix = TaskMix.build(args.tasks, args.task_weights)
     takeover = takeover_from_args(args)
-    summary = collect(args.output, args.episodes, args.scenes, args.seed, args.validation_fraction,
-                      args.chain_length, args.max_steps, progress=not args.no_progress, takeover=takeover)
+    try:
+        summary, code = collect(args.output, args.episodes, args.scenes, args.seed, args.validation_fraction,
+                                args.chain_length, args.max_steps, progress=not args.no_progress, takeover=takeover,
+                                workers=args.workers, mix=mix), 0
+    except ShardsFailed as failure:
+        summary, code = failure.summary, 1
+        print(f'error: {failure}', file=sys.stderr)
     print(json.dumps(summary.to_json(), indent=1))
-    return 0
+    return code
