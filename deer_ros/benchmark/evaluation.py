@@ -13,6 +13,8 @@ Chains run in worker processes that each build their own simulator and
 policy from picklable factories. A chain's result depends only on the chain
 (the embedded env rebuilds its world on every reset), so results are identical
 for any number of workers, provided the policy is deterministic after ``reset()``.
+:mod:`distributed_evaluation` spreads chains over machines with the same
+runner (:func:`run_chains`) and report (:func:`gather_results`).
 
 An evaluation survives its chains: a chain that raises (policy, simulator or
 their factories) or whose worker process dies is recorded as failed with the
@@ -229,14 +231,32 @@ def evaluate(chains: Sequence[Chain], sim_factory: SimFactory, policy_factory: P
     a dead worker), which no chain could get past, and ``KeyboardInterrupt``; the file keeps every chain
     finished until then.
     """
-    if workers < 1:
-        raise ValueError(f'workers must be >= 1, got {workers}')
     done = recorded_results(results, chains, max_steps, protocol=protocol) if results is not None else {}
     items = [(index, chain) for index, chain in enumerate(chains) if index not in done]
-    finished = list(done.values())
-    runs = _run_all(items, _ChainRunner(sim_factory, policy_factory, max_steps, protocol), workers)
-    # closing(): an interrupt stops the workers at once, not whenever its traceback is freed
-    with tqdm(total=len(chains), initial=len(finished), desc='chains', unit='chain', disable=not progress) as bar, \
+    runs = run_chains(items, sim_factory, policy_factory, workers, max_steps, protocol)
+    return gather_results(runs, len(chains), list(done.values()), results, progress)
+
+
+def run_chains(items: Sequence[tuple[int, Chain]], sim_factory: SimFactory, policy_factory: PolicyFactory,
+               workers: int, max_steps: int, protocol: ChainProtocol) -> Iterator[ChainResult]:
+    """Each ``(index, chain)`` run as :func:`evaluate` runs it, results in the order chains end.
+
+    Lazy: nothing starts before the first ``next()``; closing the iterator stops its workers.
+    """
+    if workers < 1:
+        raise ValueError(f'workers must be >= 1, got {workers}')
+    return _run_all(list(items), _ChainRunner(sim_factory, policy_factory, max_steps, protocol), workers)
+
+
+def gather_results(runs: Iterator[ChainResult], total: int, finished: list[ChainResult],
+                   results: ResultsFile | None = None, progress: bool = True) -> EvaluationReport:
+    """The report of ``finished`` (taken from ``results``) and everything ``runs`` yields, ``total`` chains in all.
+
+    Each new result is appended to ``results`` as it arrives, before the next is waited for; ``runs`` is closed
+    on the way out, so an interrupt stops its workers at once, not whenever its traceback is freed.
+    """
+    finished = list(finished)
+    with tqdm(total=total, initial=len(finished), desc='chains', unit='chain', disable=not progress) as bar, \
             contextlib.closing(runs):
         for result in runs:
             if results is not None:
@@ -403,13 +423,17 @@ class _CannotStart:
 
     error: BaseException
 
-    @classmethod
-    def of(cls, error: Exception) -> '_CannotStart':
-        try:  # the parent must be able to rebuild it (an exception needing other constructor arguments cannot)
-            pickle.loads(pickle.dumps(error))
-        except Exception:
-            error = RuntimeError(f'{type(error).__name__}: {error}')
-        return cls(error)
+
+def portable_error(error: Exception) -> Exception:
+    """``error``, or a ``RuntimeError`` with its type and message if it would not survive pickling.
+
+    For errors sent to another process: an exception needing other constructor arguments cannot be rebuilt there.
+    """
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f'{type(error).__name__}: {error}')
+    return error
 
 
 def _serve(connection: multiprocessing.connection.Connection, runner: _ChainRunner) -> None:
@@ -421,7 +445,7 @@ def _serve(connection: multiprocessing.connection.Connection, runner: _ChainRunn
                 result = runner(*item)
             except Exception as error:
                 _LOG.error('worker cannot start', exc_info=True)
-                connection.send(_CannotStart.of(error))
+                connection.send(_CannotStart(portable_error(error)))
                 return
             connection.send(result)
     except (EOFError, OSError):  # the parent is gone

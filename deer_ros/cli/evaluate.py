@@ -15,6 +15,13 @@ Each chain is appended to a results file as it ends (``--results``, by default
 it finished and ``--resume`` continues it. A chain that fails (its policy
 raises, its worker dies) is recorded with the reason and the run goes on; the
 exit status is 1 if any did, after everything is written.
+
+Launched by ``torchrun`` (``WORLD_SIZE > 1`` in the environment), the same
+command spreads the chains over every process it starts, on one machine or
+several (:mod:`deer_ros.benchmark.distributed_evaluation`), as ``deer-ros
+train`` spreads its batches: no flag, since a torchrun launch means exactly
+that. Only rank 0 writes the results file and ``--output`` and prints; the
+report is that of a local run.
 """
 from __future__ import annotations
 
@@ -27,7 +34,8 @@ from typing import Any
 
 from deer_ros.benchmark.backends import BACKENDS, SIM_ERRORS, build_sim_factory, check_policy, load_policy_factory
 from deer_ros.benchmark.chains import DEFAULT_SEED, disjoint_subsets
-from deer_ros.benchmark.evaluation import SimFactory, evaluate, run_settings
+from deer_ros.benchmark.distributed_evaluation import DistributedContext, evaluate_distributed
+from deer_ros.benchmark.evaluation import SimFactory, run_settings
 from deer_ros.benchmark.protocols import DEER_ROS, PROTOCOLS, ChainProtocol
 from deer_ros.benchmark.results_file import ResultsFile
 from deer_ros.calvin_layout import EP_LEN
@@ -86,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--offset', type=int, default=0, help='first chain of the fixed list to evaluate')
     parser.add_argument('--chain-seed', type=int, default=DEFAULT_SEED,
                         help='seed of the fixed chain list (deer_ros protocol; CALVIN\'s seeds are fixed)')
-    parser.add_argument('--workers', type=int, default=1)
+    parser.add_argument('--workers', type=int, default=1, help='worker processes (per torchrun process, if any)')
     parser.add_argument('--max-steps', type=int, default=EP_LEN,
                         help='step budget per subtask (deer_ros protocol; CALVIN\'s is 360)')
     parser.add_argument('--output', type=Path, help='write the full report as JSON here')
@@ -123,27 +131,37 @@ def run(args: argparse.Namespace) -> int:
     settings = {'policy': args.policy, 'policy_kwargs': policy_kwargs, 'backend': args.backend,
                 'scene': args.scene, 'cameras': not args.no_cameras, 'offset': args.offset,
                 'chain_seed': args.chain_seed, **run_settings(chains, args.max_steps, protocol)}
-    try:
-        results = ResultsFile.open(path, settings, args.resume) if path else None
-    except FileExistsError as error:
-        raise SystemExit(f'{error} (--resume continues it)') from None
-    except ValueError as error:  # written with other settings, or not a results file
-        raise SystemExit(str(error)) from None
+    context = DistributedContext.from_environment()
+    results, refusal = open_results(path, settings, args.resume) if context.is_main else (None, None)
+    if context.broadcast(refusal):  # every rank stops, none is left waiting for rank 0
+        raise SystemExit(refusal if context.is_main else 1)
     if results is not None and results.records:
         print(f'resuming {path}: {len(results.records)} of {len(chains)} chains recorded')
     try:
-        report = evaluate(chains, sim_factory, policy_factory, args.workers, args.max_steps, not args.no_progress,
-                          results, protocol)
+        report = evaluate_distributed(context, chains, sim_factory, policy_factory, args.workers, args.max_steps,
+                                      not args.no_progress, results, protocol)
     except KeyboardInterrupt:
-        if results is None:
+        if path is None:
             raise
-        print(f'\ninterrupted: the finished chains are in {path}; add --resume to continue', file=sys.stderr)
+        if context.is_main:
+            print(f'\ninterrupted: the finished chains are in {path}; add --resume to continue', file=sys.stderr)
         return 130
-    print(report.format_table())
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({'settings': settings, **report.to_json()}, indent=1))
-    if report.failed:
-        print(f'{len(report.failed)} chains failed (reasons above); --resume runs them again', file=sys.stderr)
-        return 1
-    return 0
+    context.close()
+    if context.is_main:
+        print(report.format_table())
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps({'settings': settings, **report.to_json()}, indent=1))
+        if report.failed:
+            print(f'{len(report.failed)} chains failed (reasons above); --resume runs them again', file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def open_results(path: Path | None, settings: dict[str, Any], resume: bool) -> tuple[ResultsFile | None, str | None]:
+    """The results file at ``path`` (None without one), or why it cannot be opened for this run."""
+    try:
+        return (ResultsFile.open(path, settings, resume) if path else None), None
+    except FileExistsError as error:
+        return None, f'{error} (--resume continues it)'
+    except ValueError as error:  # written with other settings, or not a results file
+        return None, str(error)
