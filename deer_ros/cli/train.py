@@ -47,6 +47,9 @@ _HELP = {
     'snapshot_every': 'every N global steps, a model-only copy in OUTPUT/snapshots/step_N (0: none): '
                       'validation loss does not rank checkpoints by closed-loop success, evaluate the copies instead',
     'calibration_windows': 'validation windows for the calibration file (0: skip calibration)',
+    'feature_shift': 'random shift of cached vision-feature grids, in grid cells (0: none); the image shifts '
+                     '--static-pad/--gripper-pad apply only without the cache',
+    'cache_workers': 'processes that build missing feature caches (one dataset split each)',
 }
 
 
@@ -63,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, nargs='*', choices=sorted(GROUPS), default=None, help=help_text)
         elif field.name in ('add_proprio', 'sentence_encoder'):
             parser.add_argument(flag, action='store_true', help=help_text)
+        elif field.name == 'feature_cache':
+            parser.add_argument('--no-feature-cache', dest='feature_cache', action='store_false',
+                                help='run a frozen vision trunk on the images at every step instead of reading '
+                                     'its cached features')
         elif field.name == 'progress':
             parser.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
         else:

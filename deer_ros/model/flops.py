@@ -81,7 +81,7 @@ def _resident_modules(model: AnyModel, layers: int) -> list[torch.nn.Module]:
     if isinstance(model, DeerVLAFlamingo):
         return model.resident_modules(layers)
     optional = (model.proprio_proj, model.proprio_to_exit)
-    shared = [model.vision_encoders, model.resamplers, model.action_head] + [m for m in optional if m is not None]
+    shared = [*model.vision_modules(), model.resamplers, model.action_head] + [m for m in optional if m is not None]
     return shared + llm_modules(model, layers)
 
 

@@ -40,7 +40,8 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from deer_ros.calvin_layout import POSE_DIM, ROBOT_OBS_DIM
 
-from .configuration_deer import DeerConfig, HeadConfig, ResamplerConfig, VisionConfig
+from .configuration_deer import FROZEN_VISION_ENCODERS, DeerConfig, HeadConfig, ResamplerConfig, VisionConfig
+from .efficientnet_lite import frozen_trunk
 from .tokenization import MINILM_HIDDEN_SIZE
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -92,7 +93,54 @@ class ClipVisionEncoder(nn.Module):
         return self.model(pixel_values=pixels).last_hidden_state
 
 
-def build_vision_encoder(config: VisionConfig) -> nn.Module:
+class FeatureGridEncoder(nn.Module):
+    """Trainable half of a frozen-trunk encoder: each cell of the trunk's feature grid becomes a token.
+
+    LayerNorm over channels, a linear projection to ``hidden_size`` and a learned position per cell. Its input is
+    the frozen trunk's output, computed fresh at run time or read from the training feature cache.
+    """
+
+    def __init__(self, channels: int, grid: int, hidden_size: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.proj = nn.Linear(channels, hidden_size)
+        self.position = nn.Parameter(torch.zeros(1, grid * grid, hidden_size))
+        self.output_dim = hidden_size
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C, g, g) trunk features (any float dtype) -> (N, g*g, hidden) tokens."""
+        tokens = features.flatten(2).transpose(1, 2).to(self.proj.weight.dtype)
+        return self.proj(self.norm(tokens)) + self.position
+
+
+def camera_image_size(config: VisionConfig, camera: str) -> int:
+    """Input side of ``camera``'s encoder: ``gripper_image_size`` for the gripper camera when set."""
+    return config.gripper_image_size if camera == 'gripper' and config.gripper_image_size else config.image_size
+
+
+def prepare_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [-1, 1] (antialiased bilinear resize when needed)."""
+    pixels = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    if pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(pixels, size=(size, size), mode='bilinear', align_corners=False, antialias=True)
+    return pixels
+
+
+def trunk_features(config: VisionConfig, images: torch.Tensor, camera: str) -> torch.Tensor:
+    """Frozen-trunk features (N, C, g, g) of uint8 frames on their device, rounded to fp16.
+
+    The one definition of what the training feature cache stores and what the model computes live, so a
+    cached and a freshly computed frame give the same action.
+    """
+    trunk = frozen_trunk(config.feature_blocks, str(images.device))
+    return trunk(prepare_images(images, camera_image_size(config, camera))).to(torch.float16)
+
+
+def build_vision_encoder(config: VisionConfig, camera: str) -> nn.Module:
+    if config.encoder == 'efficientnet_lite0':
+        trunk = frozen_trunk(config.feature_blocks, 'cpu')
+        return FeatureGridEncoder(trunk.output_channels, trunk.grid_size(camera_image_size(config, camera)),
+                                  config.hidden_size)
     return ConvVisionEncoder(config) if config.encoder == 'conv' else ClipVisionEncoder(config)
 
 
@@ -272,7 +320,7 @@ class DeerVLA(nn.Module):
     def __init__(self, config: DeerConfig) -> None:
         super().__init__()
         self.config = config
-        self.vision_encoders = nn.ModuleDict({cam: build_vision_encoder(config.vision) for cam in self.CAMERAS})
+        self.vision_encoders = nn.ModuleDict({cam: build_vision_encoder(config.vision, cam) for cam in self.CAMERAS})
         encoder_dim = self.vision_encoders['static'].output_dim
         self.resamplers = nn.ModuleDict(
             {cam: PerceiverResampler(config.resampler, encoder_dim) for cam in self.CAMERAS})
@@ -319,19 +367,39 @@ class DeerVLA(nn.Module):
         self.cross_attention = self.cross_attention[:len(range(0, kept, every))]
 
     # ---- inputs
-    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> float (N, 3, S, S) resized to the encoder size, in [-1, 1]."""
-        pixels = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        size = self.config.vision.image_size
-        if pixels.shape[-2:] != (size, size):
-            pixels = F.interpolate(pixels, size=(size, size), mode='bilinear', align_corners=False, antialias=True)
-        return pixels
+    @property
+    def frozen_vision(self) -> bool:
+        """True when a frozen trunk runs before the trainable vision layers (its features can be cached)."""
+        return self.config.vision.encoder in FROZEN_VISION_ENCODERS
+
+    def vision_modules(self) -> list[nn.Module]:
+        """Everything resident for vision, the frozen trunk (shared by both cameras) included: memory accounting."""
+        device = str(self.resamplers['static'].latents.device)
+        trunk = [frozen_trunk(self.config.vision.feature_blocks, device)] if self.frozen_vision else []
+        return [self.vision_encoders, *trunk]
+
+    def prepare_images(self, images: torch.Tensor, camera: str = 'static') -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float (N, 3, S, S) resized to ``camera``'s encoder size, in [-1, 1]."""
+        return prepare_images(images, camera_image_size(self.config.vision, camera))
 
     def encode_vision(self, rgb_static: torch.Tensor, rgb_gripper: torch.Tensor,
                       proprio: torch.Tensor | None = None) -> torch.Tensor:
         """Visual tokens (N, V, D_visual) of N frames from uint8 HWC images of both cameras."""
-        tokens = [self.resamplers[cam](self.vision_encoders[cam](self.prepare_images(images)))
-                  for cam, images in zip(self.CAMERAS, (rgb_static, rgb_gripper))]
+        images = (rgb_static, rgb_gripper)
+        if self.frozen_vision:
+            return self.encode_vision_features(*(trunk_features(self.config.vision, frames, cam)
+                                                 for cam, frames in zip(self.CAMERAS, images)), proprio)
+        return self._visual_tokens([self.vision_encoders[cam](self.prepare_images(frames, cam))
+                                    for cam, frames in zip(self.CAMERAS, images)], proprio)
+
+    def encode_vision_features(self, static_features: torch.Tensor, gripper_features: torch.Tensor,
+                               proprio: torch.Tensor | None = None) -> torch.Tensor:
+        """Visual tokens from frozen-trunk features (:func:`trunk_features`, live or from the training cache)."""
+        return self._visual_tokens([self.vision_encoders[cam](features) for cam, features
+                                    in zip(self.CAMERAS, (static_features, gripper_features))], proprio)
+
+    def _visual_tokens(self, patches: list[torch.Tensor], proprio: torch.Tensor | None) -> torch.Tensor:
+        tokens = [self.resamplers[cam](cam_patches) for cam, cam_patches in zip(self.CAMERAS, patches)]
         if self.proprio_proj is not None:
             if proprio is None:
                 raise ValueError('this model was configured with use_proprio=True and needs proprioception')

@@ -197,11 +197,19 @@ class MultiExitObjective(nn.Module):
         return self
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Visual tokens ``(B*T, V, D)`` and exit features ``(B, T, num_exits, hidden)`` of every frame."""
-        rgb_static, rgb_gripper = batch['rgb_static'], batch['rgb_gripper']
-        windows, steps = rgb_static.shape[:2]
+        """Visual tokens ``(B*T, V, D)`` and exit features ``(B, T, num_exits, hidden)`` of every frame.
+
+        A batch holds camera images (``rgb_static``, ``rgb_gripper``) or, for a frozen vision trunk, its cached
+        features (``features_static``, ``features_gripper``); the rest of the model is the same either way.
+        """
+        windows, steps = batch['pose'].shape[:2]
         proprio = batch['robot_obs'].flatten(0, 1) if self.model.config.use_proprio else None
-        visual = self.model.encode_vision(rgb_static.flatten(0, 1), rgb_gripper.flatten(0, 1), proprio)
+        if 'features_static' in batch:
+            visual = self.model.encode_vision_features(batch['features_static'].flatten(0, 1),
+                                                       batch['features_gripper'].flatten(0, 1), proprio)
+        else:
+            visual = self.model.encode_vision(batch['rgb_static'].flatten(0, 1), batch['rgb_gripper'].flatten(0, 1),
+                                              proprio)
         features = self.model.exit_features(visual, batch['text_input'].repeat_interleave(steps, dim=0),
                                              batch['text_mask'].repeat_interleave(steps, dim=0))
         return visual, features.view(windows, steps, self.model.num_exits, -1)

@@ -1,4 +1,4 @@
-"""Random-shift image augmentation (DrQ-style, as in upstream DeeR: pad 10 static / 4 gripper).
+"""Random-shift augmentation (DrQ-style, as upstream DeeR: pad 10 static / 4 gripper; grid cells for cached features).
 
 Works on the uint8 HWC frames before the model's own resize, so the shift is
 in camera pixels. Indices are clamped instead of padding the image: the same
@@ -27,10 +27,19 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | No
 
 
 def augment_batch(batch: dict[str, torch.Tensor], static_pad: int, gripper_pad: int,
-                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Random-shift both cameras of a (B, T, H, W, C) batch, every frame by its own offset."""
+                  generator: torch.Generator | None = None, feature_shift: int = 0) -> dict[str, torch.Tensor]:
+    """Random-shift both cameras of a batch, every frame by its own offset.
+
+    Images (B, T, H, W, C) move by up to ``static_pad`` / ``gripper_pad`` pixels; cached trunk features
+    (B, T, C, g, g) by up to ``feature_shift`` grid cells (one cell = 16 input pixels of the trunk).
+    """
     shifted = dict(batch)
     for key, pad in (('rgb_static', static_pad), ('rgb_gripper', gripper_pad)):
-        images = batch[key]
-        shifted[key] = random_shift(images.flatten(0, 1), pad, generator).view(images.shape)
+        if key in batch:
+            images = batch[key]
+            shifted[key] = random_shift(images.flatten(0, 1), pad, generator).view(images.shape)
+    for key in ('features_static', 'features_gripper'):
+        if key in batch and feature_shift:
+            grids = batch[key].flatten(0, 1).permute(0, 2, 3, 1)  # cells as "pixels", channels last
+            shifted[key] = random_shift(grids, feature_shift, generator).permute(0, 3, 1, 2).reshape(batch[key].shape)
     return shifted

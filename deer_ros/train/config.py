@@ -43,6 +43,9 @@ class TrainConfig:
     task_weight: float = 0.0            # task-name probe on the exit features (joint stage); 0 = off, as upstream
     static_pad: int = 10
     gripper_pad: int = 4
+    feature_cache: bool = True          # a frozen vision trunk trains on its cached features (built on first use)
+    feature_shift: int = 0              # random shift of cached feature grids, in cells (1 cell = 16 trunk pixels)
+    cache_workers: int = 2              # processes building missing feature caches, one split each
     freeze: list[str] | None = None     # parameter groups frozen in the joint stage; None = model default
     precision: str = 'bf16'             # autocast dtype on GPU; CPU always trains in fp32
     device: str = 'auto'
@@ -72,7 +75,7 @@ class TrainConfig:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('joint_steps', 'head_steps', 'warmup_steps', 'val_windows', 'calibration_windows',
                      'static_pad', 'gripper_pad', 'num_workers', 'exit_interval', 'threads', 'state_weight',
-                     'task_weight', 'snapshot_every'):
+                     'task_weight', 'snapshot_every', 'feature_shift', 'cache_workers'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
 

@@ -28,6 +28,17 @@ def window_keys(robot_obs: bool) -> tuple[str, ...]:
     return ('rgb_static', 'rgb_gripper', 'rel_actions') + (('robot_obs',) if robot_obs else ())
 
 
+def task_id(task: str) -> int:
+    """The task probe's class of a CALVIN task name (``UNKNOWN_TASK`` for any other)."""
+    return TASK_NAMES.index(task) if task in TASK_NAMES else UNKNOWN_TASK
+
+
+def action_targets(rel_actions: np.ndarray) -> dict[str, np.ndarray]:
+    """CALVIN ``rel_actions`` (T, 7) -> ``pose`` clipped to [-1, 1] and a {0, 1} ``gripper`` open target."""
+    actions = rel_actions.astype(np.float32)
+    return {'pose': np.clip(actions[:, :6], -1.0, 1.0), 'gripper': (actions[:, 6] > 0).astype(np.float32)}
+
+
 class ActionWindows(Dataset):
     """``LanguageWindows`` items as training arrays: images, optional robot state, pose and gripper targets."""
 
@@ -41,11 +52,9 @@ class ActionWindows(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, Any]:
         window = self.windows[item]
-        actions = window.frames['rel_actions'].astype(np.float32)
         sample = {'rgb_static': window.frames['rgb_static'], 'rgb_gripper': window.frames['rgb_gripper'],
-                  'pose': np.clip(actions[:, :6], -1.0, 1.0), 'gripper': (actions[:, 6] > 0).astype(np.float32),
-                  'instruction': window.instruction,
-                  'task': np.int64(TASK_NAMES.index(window.task) if window.task in TASK_NAMES else UNKNOWN_TASK)}
+                  **action_targets(window.frames['rel_actions']),
+                  'instruction': window.instruction, 'task': np.int64(task_id(window.task))}
         if 'robot_obs' in window.frames:
             sample['robot_obs'] = window.frames['robot_obs'].astype(np.float32)
         return sample

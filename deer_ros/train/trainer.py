@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from deer_ros.budget.calibration import CalibrationData, calibration_path, checkpoint_sha256
@@ -39,6 +39,7 @@ from .checkpoint import ResumePoint, has_resume_point, load_resume_point, save_r
 from .config import TrainConfig
 from .data import TASK_NAMES, EpochBatchSampler, WindowCollator, open_split, split_windows, state_statistics
 from .distributed import DistContext, init_distributed, shutdown_distributed
+from .feature_cache import CachedWindows, build_caches
 from .metrics import MetricsLog
 from .step import StageStep, autocast_dtype
 
@@ -100,7 +101,11 @@ class Trainer:
         self.amp_dtype = autocast_dtype(config.precision, device)
         self.generator = torch.Generator()
         self.instruction_encoder = InstructionEncoder(model.config.decoder)
-        self.train_set = open_split(config.data, 'training', config.window, config.stride, self.robot_obs)
+        # A frozen vision trunk trains on its cached features: computed once per frame, not at every step.
+        self.cached = model.frozen_vision and config.feature_cache
+        if self.cached:
+            self._build_feature_caches()
+        self.train_set = self._open_split('training', config.stride)
         if self.train_set is None:
             raise FileNotFoundError(f'no training/ split under {", ".join(config.data)}')
         if self.objective.state_probe is not None and self.point is None:
@@ -126,11 +131,29 @@ class Trainer:
         """A fixed, seeded subset of non-overlapping validation windows (None when the split has none)."""
         if self.config.val_windows == 0:
             return None
-        windows = open_split(self.config.data, 'validation', self.config.window, self.config.window, self.robot_obs)
+        windows = self._open_split('validation', self.config.window)
         if windows is None or len(windows) == 0:
             return None
         order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(self.config.seed))
         return Subset(windows, order[:self.config.val_windows].tolist())
+
+    def _split_dirs(self, split: str) -> list[Path]:
+        return [Path(root) / split for root in self.config.data if (Path(root) / split).is_dir()]
+
+    def _build_feature_caches(self) -> None:
+        """The main process builds every missing split cache (in parallel processes); the others wait for it."""
+        if self.context.is_main:
+            splits = self._split_dirs('training') + self._split_dirs('validation')
+            self._say(f'feature caches of {len(splits)} splits (built once, reused by later runs)')
+            build_caches(splits, self.objective.model.config.vision, self.config.cache_workers, self.config.progress)
+        self.context.barrier()
+
+    def _open_split(self, split: str, stride: int) -> Dataset | None:
+        """Training samples of ``split`` over all roots: cached features or decoded images (None when absent)."""
+        if not self.cached:
+            return open_split(self.config.data, split, self.config.window, stride, self.robot_obs)
+        dirs = self._split_dirs(split)
+        return CachedWindows(dirs, self.objective.model.config.vision, self.config.window, stride) if dirs else None
 
     def _seed_streams(self, global_step: int) -> None:
         seed = ((self.config.seed * 1_000_003 + self.context.rank) * 1_000_033 + global_step) % 2**62
@@ -182,7 +205,7 @@ class Trainer:
                         disable=not (self.context.is_main and config.progress))
         for step in progress:
             batch = self._to_device(next(batches))
-            batch = augment_batch(batch, config.static_pad, config.gripper_pad, self.generator)
+            batch = augment_batch(batch, config.static_pad, config.gripper_pad, self.generator, config.feature_shift)
             for name, value in update(batch).items():
                 running[name] = running.get(name, 0) + value  # no device sync until logged
             global_step += 1
