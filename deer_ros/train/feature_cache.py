@@ -190,8 +190,11 @@ class CachedWindows(torch.utils.data.Dataset):
             if not is_complete(directory, key):
                 raise FileNotFoundError(f'no complete feature cache in {directory}: build it first '
                                         '(deer_ros.train.feature_cache.build_split_cache)')
+            annotations = read_annotations(split_dir)
+            if not annotations:  # an empty split (a collection without validation episodes) caches no arrays
+                continue
             self.splits.append(CachedSplit(directory))
-            for annotation, _ in read_annotations(split_dir):
+            for annotation, _ in annotations:
                 self.items += [(len(self.splits) - 1, start, annotation.instruction, task_id(annotation.task))
                                for start in range(annotation.start, annotation.end - window + 2, stride)]
 
