@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from deer_ros.budget.exit_criterion import check_metric
+from deer_ros.budget.exit_criterion import check_metric, first_exit_decided
 
 FORMAT_VERSION = 1
 CALIBRATION_SUFFIX = '.calibration.npz'
@@ -38,9 +38,11 @@ class CalibrationData:
     """Consistency matrix of one checkpoint.
 
     Attributes:
-        values: ``(N, num_exits)``; column 0 is NaN (exit 0 is never decided),
-            column k >= 1 is the difference between exits k and k-1 (finite, >= 0
-            except for the cosine metric's rounding).
+        values: ``(N, num_exits)``; column k >= 1 is the difference between
+            exits k and k-1 (finite, >= 0 except for the cosine metric's
+            rounding); column 0 is exit 0's difference from the reference of
+            a model with ``first_exit_reference`` (:attr:`first_exit_checked`),
+            else NaN (exit 0 is never decided).
         metric: the exit-rule metric the values were computed with.
         exit_layers: decoder layers run at each exit, to match a cost table.
         metadata: provenance, e.g. ``checkpoint_sha256``, ``window_size``.
@@ -65,6 +67,11 @@ class CalibrationData:
     def num_samples(self) -> int:
         return int(self.values.shape[0])
 
+    @property
+    def first_exit_checked(self) -> bool:
+        """Whether exit 0 is decided: the rule and the solvers then use column 0 too."""
+        return first_exit_decided(self.values)
+
     def validate(self) -> None:
         """Raise ``ValueError`` describing the first inconsistency found."""
         values = self.values
@@ -74,12 +81,13 @@ class CalibrationData:
             raise ValueError(f'{len(self.exit_layers)} exit_layers for {values.shape[1]} value columns')
         if list(self.exit_layers) != sorted(set(self.exit_layers)):
             raise ValueError(f'exit_layers must be strictly increasing, got {list(self.exit_layers)}')
-        if not np.all(np.isnan(values[:, 0])):
-            raise ValueError('column 0 must be NaN: exit 0 has no previous exit to compare with')
-        decided = values[:, 1:]
+        first = 0 if first_exit_decided(values) else 1
+        if first and not np.all(np.isnan(values[:, 0])):
+            raise ValueError('column 0 must be NaN, or finite everywhere (exit 0 against the first-exit reference)')
+        decided = values[:, first:]
         if not np.all(np.isfinite(decided)):
             bad = np.argwhere(~np.isfinite(decided))[0]
-            raise ValueError(f'non-finite consistency value at sample {bad[0]}, exit {bad[1] + 1}')
+            raise ValueError(f'non-finite consistency value at sample {bad[0]}, exit {bad[1] + first}')
         if np.any(decided < -1e-9):
             raise ValueError('consistency values must be >= 0')
 

@@ -191,4 +191,5 @@ def solve_budget(budget: Budget, table: CostTable, calibration: CalibrationData 
         results.append(solve_average_ms(calibration.values, measured_latency(latency, table), budget.avg_ms,
                                         cap=cap, tolerance=tolerance))
     result = tighter_average(results)
-    return BudgetSolution(cap, ExitCriterion(result.thresholds, calibration.metric), result)
+    return BudgetSolution(cap, ExitCriterion(result.thresholds, calibration.metric, calibration.first_exit_checked),
+                          result)

@@ -49,7 +49,9 @@ class ThresholdController:
 
     Args:
         cost_table: the full model's per-exit costs.
-        calibration: consistency values of the full model (the exits of ``cost_table``).
+        calibration: consistency values of the full model (the exits of ``cost_table``). Where they
+            decide exit 0 (a model with ``first_exit_reference``: ``calibration.first_exit_checked``),
+            every criterion solved or given here checks exit 0 too, and the feasible averages start there.
         cost_kind: what the GFLOPs budgets count: ``llm`` (decoder only, the
             paper's unit) or ``total`` (vision + decoder + heads).
         refined: thresholds tuned by ``deer-ros refine``, used for exactly their budget.
@@ -94,7 +96,8 @@ class ThresholdController:
         entry = find_refined(self.refined, budget.avg_gflops, solution.cap, self.cost_kind) if use_refined else None
         if entry is None:
             return solution
-        first_exit_checked = bool(entry.tuning.get('first_exit_checked', False))  # imported upstream thresholds
+        # imported upstream thresholds say so; those of `deer-ros refine` were tuned under the calibration's rule
+        first_exit_checked = bool(entry.tuning.get('first_exit_checked', self.calibration.first_exit_checked))
         return dataclasses.replace(solution, criterion=ExitCriterion(np.asarray(entry.thresholds),
                                                                      self.calibration.metric, first_exit_checked))
 
@@ -135,7 +138,7 @@ class ThresholdController:
 
     def feasible_average(self) -> tuple[float, float]:
         """Average GFLOPs the exit rule can realise under the live peak/memory cap."""
-        return feasible_range(exit_costs(self.cost_table, self.cost_kind)[:self._solution.cap + 1])
+        return self._feasible_range(self._solution.cap)
 
     # ---- changes: every one ends in _put_in_force
     def put_in_force(self, budget: Budget, solution: BudgetSolution) -> None:
@@ -155,7 +158,8 @@ class ThresholdController:
             ValueError: not one threshold per exit of the live cap.
         """
         with self._lock:
-            criterion = ExitCriterion(np.asarray(thresholds, dtype=np.float64), self.calibration.metric)
+            criterion = ExitCriterion(np.asarray(thresholds, dtype=np.float64), self.calibration.metric,
+                                      self.calibration.first_exit_checked)
             if criterion.num_exits != self._solution.cap + 1:
                 raise ValueError(f'{criterion.num_exits} thresholds for {self._solution.cap + 1} exits in force')
             self._put_in_force(self._budget, dataclasses.replace(self._solution, criterion=criterion), None)
@@ -201,8 +205,12 @@ class ThresholdController:
             return None
         if find_refined(self.refined, budget.avg_gflops, solution.cap, self.cost_kind) is not None:
             return None
-        feasible = feasible_range(exit_costs(self.cost_table, self.cost_kind)[:solution.cap + 1])
-        return AverageBudgetTracker(budget.avg_gflops, feasible)
+        return AverageBudgetTracker(budget.avg_gflops, self._feasible_range(solution.cap))
+
+    def _feasible_range(self, cap: int) -> tuple[float, float]:
+        """Average cost the exit rule can realise over exits 0..cap (from exit 0 when the calibration decides it)."""
+        return feasible_range(exit_costs(self.cost_table, self.cost_kind)[:cap + 1],
+                              self.calibration.first_exit_checked)
 
     # ---- diagnostics
     def describe(self) -> dict[str, str]:

@@ -2,12 +2,14 @@
 
 Decision at exit k (0-based) compares the pose action of exit k with that of
 exit k-1 and stops when the difference is at most ``thresholds[k]``.
-Exit 0 has no predecessor the action head was trained on, so it is never
-chosen by the rule: the first decision happens at exit 1 (upstream DeeR
-compares exit 0 against layer-1 features the head never saw). Exit 0 is
-executed only when the model is capped to a single exit. The gripper is not
-part of the difference, as in the paper. Imported DeeR-VLA checkpoints keep
-upstream's rule (``first_exit_checked``): their thresholds were solved with it.
+Exit 0 has no predecessor exit, so by default it is never chosen by the rule:
+the first decision happens at exit 1, and exit 0 is executed only when the
+model is capped to a single exit. A model with ``first_exit_reference``
+compares exit 0 with the action read from the states one layer before it
+(upstream DeeR's rule, ``first_exit_checked``): its calibration holds exit 0's
+differences in column 0 (:func:`first_exit_decided`), and imported DeeR-VLA
+thresholds were solved with it. The gripper is not part of the difference, as
+in the paper.
 
 Threshold values: ``inf`` means "always stop once this exit is reached" (the
 last allowed exit gets it), ``-inf`` means "never stop here" (an exit the
@@ -56,6 +58,16 @@ def exit_consistency(poses: np.ndarray, metric: str = 'rms') -> np.ndarray:
     return np.concatenate([first, METRICS[metric](poses[..., 1:, :], poses[..., :-1, :])], axis=-1)
 
 
+def first_exit_decided(values: np.ndarray) -> bool:
+    """Whether a consistency matrix decides exit 0: column 0 holds exit 0's differences from the reference.
+
+    A model without ``first_exit_reference`` leaves that column NaN; the
+    solvers then use exits 1.. only.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    return bool(values.ndim == 2 and values.shape[0] > 0 and np.all(np.isfinite(values[:, 0])))
+
+
 def first_exits(values: np.ndarray, thresholds: np.ndarray, first_exit_checked: bool = False) -> np.ndarray:
     """Exit chosen by the rule for every row of a consistency matrix.
 
@@ -88,8 +100,9 @@ class ExitCriterion:
     thresholds must be >= 0 because every metric is >= 0.
     ``first_exit_checked``: exit 0 is decided too, from its difference with
     the action read one layer before it (upstream DeeR's rule, which the
-    thresholds of its checkpoints assume); the policy then asks the model for
-    that reference.
+    thresholds of its checkpoints assume, and the rule of every model with
+    ``first_exit_reference`` calibrated with it); the policy then asks the
+    model for that reference.
     """
 
     thresholds: np.ndarray

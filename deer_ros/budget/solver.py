@@ -10,8 +10,10 @@ asked for. That search is a bisection over a bracket that depends only on N,
 so the answer is a monotone function of B (a larger budget never lowers the
 average exit) even where the realised cost is a step function.
 
-Exit 0 is never chosen by the rule (see ``exit_criterion``), so the
-distribution covers exits 1..n-1 and the cheapest budget is ``costs[1]``.
+Exit 0 is chosen by the rule only when the calibration decides it (column 0
+holds exit 0's differences from the first-exit reference, see
+``exit_criterion``); otherwise the distribution covers exits 1..n-1 and the
+cheapest budget is ``costs[1]``, with it exits 0..n-1 and ``costs[0]``.
 Costs are unit-agnostic: LLM GFLOPs, total GFLOPs or layers all work as long as
 they do not decrease with the exit index.
 """
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from deer_ros.budget.exit_criterion import first_exit_decided
 
 DEFAULT_TOLERANCE = 0.02
 _BISECTION_STEPS = 60
@@ -67,16 +71,21 @@ class SolverResult:
         return float(np.dot(np.arange(self.exit_histogram.size), self.exit_histogram))
 
 
-def exit_distribution(log_q: float, num_exits: int) -> np.ndarray:
-    """Geometric target p_k ∝ q^k over exits 1..n-1 (p_0 = 0 unless there is a single exit).
+def exit_distribution(log_q: float, num_exits: int, first_exit_checked: bool = False) -> np.ndarray:
+    """Geometric target p_k ∝ q^k over the decided exits: 1..n-1 (p_0 = 0 unless there is a single exit),
+    or 0..n-1 with ``first_exit_checked``.
 
     Works in log q so that extreme ratios neither overflow nor underflow to NaN.
     """
-    if num_exits == 1:
-        return np.ones(1)
-    logits = log_q * np.arange(1, num_exits, dtype=np.float64)
+    first = _first_decided(num_exits, first_exit_checked)
+    logits = log_q * np.arange(first, num_exits, dtype=np.float64)
     weights = np.exp(logits - logits.max())
-    return np.concatenate([[0.0], weights / weights.sum()])
+    return np.concatenate([np.zeros(first), weights / weights.sum()])
+
+
+def _first_decided(num_exits: int, first_exit_checked: bool) -> int:
+    """The first exit the rule can stop at: 1, or 0 with ``first_exit_checked`` or a single exit."""
+    return 0 if first_exit_checked or num_exits == 1 else 1
 
 
 def check_costs(costs: np.ndarray | list[float] | tuple[float, ...]) -> np.ndarray:
@@ -114,32 +123,32 @@ def largest_fitting_exit(per_exit: Sequence[float], limit: float, what: str) -> 
     return int(fits[-1])
 
 
-def feasible_range(costs: np.ndarray) -> tuple[float, float]:
+def feasible_range(costs: np.ndarray, first_exit_checked: bool = False) -> tuple[float, float]:
     """Smallest and largest average cost the exit rule can realise.
 
     The rule stops at exit 1 at the earliest, so the floor is ``costs[1]``
-    (``costs[0]`` only when the model has a single exit).
+    (``costs[0]`` when the model has a single exit, or with ``first_exit_checked``).
     """
     costs = check_costs(costs)
-    return float(costs[min(1, costs.size - 1)]), float(costs[-1])
+    return float(costs[_first_decided(costs.size, first_exit_checked)]), float(costs[-1])
 
 
-def expected_cost(log_q: float, costs: np.ndarray) -> float:
+def expected_cost(log_q: float, costs: np.ndarray, first_exit_checked: bool = False) -> float:
     """Σ p_k(q)·c_k under the geometric target."""
-    return float(np.dot(exit_distribution(log_q, costs.size), costs))
+    return float(np.dot(exit_distribution(log_q, costs.size, first_exit_checked), costs))
 
 
 def greedy_thresholds(values: np.ndarray, distribution: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Thresholds that make the exit rule reproduce ``distribution`` on ``values``.
 
-    For k = 1..n-2, among samples that have not stopped yet, T_k is the value
+    For k = 0..n-2, among samples that have not stopped yet, T_k is the value
     whose rank makes the cumulative number stopped by exit k equal
     round(N·F_k) (F = cumulative distribution). Targeting cumulative counts
     lets later exits absorb ties that made an earlier exit overshoot.
 
     Returns:
         ``(thresholds, counts)``: counts[k] = samples the rule stops at exit k,
-        identical to ``first_exits(values, thresholds)``'s histogram.
+        identical to ``first_exits(values, thresholds, first_exit_decided(values))``'s histogram.
     """
     num_samples, num_exits = values.shape
     thresholds = np.full(num_exits, -np.inf)
@@ -150,7 +159,7 @@ def greedy_thresholds(values: np.ndarray, distribution: np.ndarray) -> tuple[np.
         return thresholds, counts
     targets = np.rint(num_samples * np.cumsum(distribution)).astype(np.int64)
     remaining = np.arange(num_samples)
-    for k in range(1, num_exits - 1):
+    for k in range(num_exits - 1):  # exit 0 takes samples only where the distribution decides it
         wanted = targets[k] - (num_samples - remaining.size)
         if wanted <= 0 or remaining.size == 0:
             continue
@@ -164,12 +173,12 @@ def greedy_thresholds(values: np.ndarray, distribution: np.ndarray) -> tuple[np.
     return thresholds, counts
 
 
-def _solve_geometric(costs: np.ndarray, budget: float, bracket: float) -> float:
+def _solve_geometric(costs: np.ndarray, budget: float, bracket: float, first_exit_checked: bool) -> float:
     """log q with Σ p_k(q)·c_k = budget (bisection; the expectation is increasing in q)."""
     low, high = -bracket, bracket
     for _ in range(_BISECTION_STEPS):
         mid = 0.5 * (low + high)
-        if expected_cost(mid, costs) <= budget:
+        if expected_cost(mid, costs, first_exit_checked) <= budget:
             low = mid
         else:
             high = mid
@@ -181,7 +190,8 @@ def solve_average_budget(values: np.ndarray, costs: np.ndarray | list[float] | t
     """Thresholds whose realised average cost on ``values`` is within ``tolerance`` of ``budget``.
 
     Args:
-        values: ``(N, n)`` consistency matrix (column 0 ignored; see ``CalibrationData``).
+        values: ``(N, n)`` consistency matrix; column 0 decides exit 0 where it is
+            finite (:func:`~deer_ros.budget.exit_criterion.first_exit_decided`), else it is ignored.
         costs: ``(n,)`` cost of a step that stops at each exit.
         budget: target average cost, in the units of ``costs``.
         tolerance: allowed relative error of the realised average.
@@ -195,23 +205,25 @@ def solve_average_budget(values: np.ndarray, costs: np.ndarray | list[float] | t
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] != costs.size:
         raise BudgetError(f'values must have shape (N >= 1, {costs.size}) to match the costs, got {values.shape}')
-    if not np.all(np.isfinite(values[:, 1:])):
+    checked = first_exit_decided(values)
+    if not np.all(np.isfinite(values[:, 0 if checked else 1:])):
         raise BudgetError('consistency values of exits 1.. must be finite')
-    low_cost, high_cost = feasible_range(costs)
+    first = _first_decided(costs.size, checked)
+    low_cost, high_cost = feasible_range(costs, checked)
     slack = 1e-9 * max(high_cost, 1.0)
     if not low_cost - slack <= budget <= high_cost + slack:
         raise BudgetError(f'average budget {budget:g} is infeasible: the feasible range is '
-                          f'[{low_cost:g}, {high_cost:g}] (exit {min(2, costs.size)} .. exit {costs.size})')
+                          f'[{low_cost:g}, {high_cost:g}] (exit {first + 1} .. exit {costs.size})')
 
     num_samples = values.shape[0]
-    # Beyond ±bracket every sample already stops at exit 1 (resp. the last exit),
+    # Beyond ±bracket every sample already stops at the first decided exit (resp. the last exit),
     # so the bracket depends on N only and the search is monotone in the budget.
     bracket = math.log(2.0 * num_samples) + 1.0
     cache: dict[float, tuple[np.ndarray, np.ndarray, float]] = {}
 
     def realise(log_q: float) -> tuple[np.ndarray, np.ndarray, float]:
         if log_q not in cache:
-            thresholds, counts = greedy_thresholds(values, exit_distribution(log_q, costs.size))
+            thresholds, counts = greedy_thresholds(values, exit_distribution(log_q, costs.size, checked))
             cache[log_q] = (thresholds, counts, float(np.dot(counts, costs)) / num_samples)
         return cache[log_q]
 
@@ -234,4 +246,4 @@ def solve_average_budget(values: np.ndarray, costs: np.ndarray | list[float] | t
     return SolverResult(thresholds=thresholds, q=math.exp(best), budget=budget,
                         expected_cost=expected_cost(best, costs), realised_cost=realised,
                         exit_histogram=counts / num_samples,
-                        q_geometric=math.exp(_solve_geometric(costs, budget, bracket)))
+                        q_geometric=math.exp(_solve_geometric(costs, budget, bracket, checked)))

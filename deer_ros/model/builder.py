@@ -128,7 +128,8 @@ def with_exit_interval(model: DeerVLA, exit_interval: int) -> DeerVLA:
     full depth (with one layer per exit the earliest stop, exit 2, costs 2/L
     of the decoder instead of 4/L), at the price of one head pass per checked
     exit; the heads must then be trained on the new exits' features
-    (``deer-ros train --exit-interval``).
+    (``deer-ros train --exit-interval``). With one layer per exit,
+    :func:`with_first_exit_reference` lets the rule stop after one layer too.
     """
     config = model.config
     if exit_interval == config.exit_interval:
@@ -138,3 +139,18 @@ def with_exit_interval(model: DeerVLA, exit_interval: int) -> DeerVLA:
     respaced = dataclasses.replace(config, exit_interval=exit_interval,
                                    num_exits=config.kept_layers // exit_interval)
     return _rebuilt(model, respaced, (), (), 'move the exits')
+
+
+def with_first_exit_reference(model: DeerVLA) -> DeerVLA:
+    """``model`` with ``first_exit_reference`` on: the same weights, and exit 0 can stop on its own.
+
+    The reference is read from states the decoder computes anyway and the
+    shared head is not trained on it (as upstream; see ``DeerConfig``), so a
+    trained checkpoint needs no retraining, only a new calibration, whose
+    column 0 then holds exit 0's differences from the reference
+    (``deer-ros calibrate --first-exit-reference DIR`` does both).
+    """
+    if model.config.first_exit_reference:
+        return model
+    return _rebuilt(model, dataclasses.replace(model.config, first_exit_reference=True), (), (),
+                    'turn on the first-exit reference')

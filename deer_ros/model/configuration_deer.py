@@ -125,8 +125,10 @@ class ExitModelConfig:
     sections from the type hints, so a family adds fields without a loader of its own.
     """
 
+    name: str
     exit_interval: int
     num_exits: int
+    first_exit_reference: bool
 
     def __post_init__(self) -> None:
         self.validate()
@@ -198,6 +200,20 @@ class DeerConfig(ExitModelConfig):
 
     Exits sit after every ``exit_interval`` decoder layers; ``num_exits`` of them
     are kept, so the decoder is cut after ``num_exits * exit_interval`` layers.
+
+    ``first_exit_reference``: the first exit's action is compared with the
+    action the shared head reads from the states one layer before it (for one
+    layer per exit: the decoder input, pooled like an exit), so the exit rule
+    can stop at exit 0; without it the first decision is at exit 1, and a
+    policy with one layer per exit never runs fewer than 2 layers. The
+    reference costs one head pass per step and no decoder layer. Training is
+    unchanged: upstream DeeR trains its shared head only on exit features
+    (the random exits of ``flamingo_mpt.py`` never include the layer before
+    the first exit, which ``value_net.py`` reads only to compare) and only a
+    chosen exit's feature enters the history, so the reference is never a
+    history entry; a trained checkpoint switches it on as it is
+    (:func:`~deer_ros.model.builder.with_first_exit_reference`), then needs
+    its calibration collected again.
     """
 
     name: str = 'tiny'
@@ -208,6 +224,7 @@ class DeerConfig(ExitModelConfig):
     exit_interval: int = 2
     num_exits: int = 6
     use_proprio: bool = False
+    first_exit_reference: bool = False
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first inconsistent field."""
@@ -240,6 +257,8 @@ class DeerConfig(ExitModelConfig):
             raise ConfigError('decoder.cross_attention_every must be >= 1')
         if self.decoder.text_length < 1:
             raise ConfigError('decoder.text_length must be >= 1')
+        if not isinstance(self.first_exit_reference, bool):
+            raise ConfigError(f'first_exit_reference must be true or false, got {self.first_exit_reference!r}')
         if not isinstance(self.head.history_window, int) or self.head.history_window < 1:
             raise ConfigError(f'head.history_window must be a positive integer, got {self.head.history_window!r}')
 

@@ -4,8 +4,9 @@ Each part of one control step (batch 1) runs once under ``FlopCounterMode``:
 both cameras' vision encoders + resamplers, the decoder group by group up to
 every exit, one action-head step and the per-step head work paid whatever the
 exit: the replay of the remembered step history through the LSTM (window
-mode), or for DeeR-VLA's carried state only the head pass on the reference
-layer of upstream's first-exit rule. Counting works on the meta device too,
+mode; none for DeeR-VLA's carried state) and, for a model with
+``first_exit_reference`` (either family), the head pass on the reference the
+first exit is compared with. Counting works on the meta device too,
 so the paper-sized config is counted without allocating its weights.
 Results are cached in memory and on disk, keyed by the config fingerprint
 and a hash of the modeling and counting code, so a code change that moves
@@ -112,7 +113,7 @@ def count_cost_table(model: AnyModel, text_length: int | None = None) -> CostTab
     remembered = 0 if getattr(model, 'carries_state', False) else model.config.head.history_window - 1
     history_gflops = _counted_gflops(model.action_head.history_state, feature.expand(-1, remembered, -1)) \
         if remembered else 0.0
-    if getattr(model.config, 'first_exit_reference', False):
+    if model.config.first_exit_reference:  # the reference's action, read before exit 0 every step
         history_gflops += head_gflops
     param_bytes = tuple(parameter_bytes(_resident_modules(model, layers)) for layers in model.exit_layers)
     return CostTable(model.exit_layers, tuple(llm_gflops), vision_gflops, head_gflops, history_gflops, param_bytes)

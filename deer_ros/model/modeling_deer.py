@@ -9,7 +9,10 @@ Layout (RoboFlamingo-style, as in the DeeR paper):
   every ``cross_attention_every``-th decoder layer a tanh-gated
   cross-attention block lets the text tokens attend to the visual tokens;
 * after every ``exit_interval`` layers there is an exit: the hidden states
-  max-pooled over the (non-padding) text tokens;
+  max-pooled over the (non-padding) text tokens; with ``first_exit_reference``
+  the states one layer before the first exit (the decoder input for one layer
+  per exit) are pooled too, as the reference the first exit's action is
+  compared with;
 * one shared action head (LayerNorm-LSTM over the step history + MLPs) maps
   an exit feature to 6 pose deltas (tanh) and a gripper logit.
 
@@ -40,13 +43,22 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from deer_ros.calvin_layout import POSE_DIM, ROBOT_OBS_DIM
 
-from .configuration_deer import FROZEN_VISION_ENCODERS, DeerConfig, HeadConfig, ResamplerConfig, VisionConfig
+from .configuration_deer import (
+    FROZEN_VISION_ENCODERS,
+    DeerConfig,
+    ExitModelConfig,
+    HeadConfig,
+    ResamplerConfig,
+    VisionConfig,
+)
 from .efficientnet_lite import frozen_trunk
 from .tokenization import MINILM_HIDDEN_SIZE
 
 WEIGHTS_NAME = 'model.safetensors'
 ConfigT = TypeVar('ConfigT')
 CONFIG_NAME = 'config.json'
+# ``iter_exit_features(..., reference=True)`` yields this index for the features one layer before the first exit.
+REFERENCE = -1
 
 
 class CheckpointError(RuntimeError):
@@ -300,6 +312,33 @@ def masked_max_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden.masked_fill(~mask.bool().unsqueeze(-1), float('-inf')).amax(dim=1)
 
 
+def exit_group_features(config: ExitModelConfig, hidden: torch.Tensor,
+                        run_layer: Callable[[int, torch.Tensor], torch.Tensor],
+                        pool: Callable[[torch.Tensor], torch.Tensor], num_exits: int | None = None,
+                        reference: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    """Run the decoder from its input ``hidden`` one exit group at a time; yield ``(exit_index, pool(states))``.
+
+    Both families' ``iter_exit_features``. Layers of a group run only when
+    the caller asks for the next item, so a consumer that stops iterating
+    never runs the layers past its exit. ``reference`` (a model with
+    ``first_exit_reference``): first yield ``(REFERENCE, pool(states))`` of
+    the states one layer before the first exit; the first exit's action is
+    compared with the head's action from it (upstream DeeR's rule,
+    ``value_net.py``), so the first exit can stop. With one layer per exit
+    that is the decoder input: no decoder layer is run for it.
+    """
+    if reference and not config.first_exit_reference:
+        raise ValueError(f'{config.name} was not configured with first_exit_reference')
+    layer = 0
+    for exit_index, end in enumerate(config.exit_layers[:num_exits]):
+        for index in range(layer, end):
+            if reference and exit_index == 0 and index == end - 1:
+                yield REFERENCE, pool(hidden)
+            hidden = run_layer(index, hidden)
+        layer = end
+        yield exit_index, pool(hidden)
+
+
 def llama_config(config: DeerConfig, num_layers: int) -> LlamaConfig:
     decoder = config.decoder
     llama = LlamaConfig(
@@ -408,13 +447,14 @@ class DeerVLA(nn.Module):
 
     # ---- decoder, one exit group at a time
     def iter_exit_features(self, visual: torch.Tensor, text_input: torch.Tensor, text_mask: torch.Tensor,
-                           num_exits: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(exit_index, feature (N, hidden))`` after each exit group.
+                           num_exits: int | None = None, reference: bool = False
+                           ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(exit_index, feature (N, hidden))`` after each exit group (:func:`exit_group_features`).
 
-        Layers of a group run only when the caller asks for the next item, so
-        a consumer that stops iterating never runs the layers past its exit.
         ``text_input`` is what :class:`~deer_ros.model.tokenization.InstructionEncoder`
         returns: token ids (N, L), or sentence-encoder states (N, L, 384).
+        ``reference``: first yield ``(REFERENCE, feature)`` of the decoder input
+        (one layer per exit; else the states one layer before the first exit).
         """
         if text_input.shape[0] != visual.shape[0]:
             text_input = text_input.expand(visual.shape[0], *text_input.shape[1:])
@@ -427,19 +467,25 @@ class DeerVLA(nn.Module):
         position_embeddings = self.rotary_emb(hidden, position_ids)
         every = self.config.decoder.cross_attention_every
         skip = self.proprio_to_exit(visual[:, -1]) if self.proprio_to_exit is not None else 0.0
-        layer = 0
-        for exit_index, end in enumerate(self.exit_layers[:num_exits]):
-            for index in range(layer, end):
-                if index % every == 0:
-                    hidden = self.cross_attention[index // every](hidden, visual)
-                hidden = self.layers[index](hidden, position_embeddings=position_embeddings,
-                                            position_ids=position_ids)
-            layer = end
-            yield exit_index, masked_max_pool(hidden, text_mask) + skip
 
-    def exit_features(self, visual: torch.Tensor, text_input: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """Features at every exit in one pass: (N, num_exits, hidden). Used for training and calibration."""
-        return torch.stack([feature for _, feature in self.iter_exit_features(visual, text_input, text_mask)], dim=1)
+        def run_layer(index: int, hidden: torch.Tensor) -> torch.Tensor:
+            if index % every == 0:
+                hidden = self.cross_attention[index // every](hidden, visual)
+            return self.layers[index](hidden, position_embeddings=position_embeddings, position_ids=position_ids)
+
+        def pool(states: torch.Tensor) -> torch.Tensor:
+            return masked_max_pool(states, text_mask) + skip
+
+        yield from exit_group_features(self.config, hidden, run_layer, pool, num_exits, reference)
+
+    def exit_features(self, visual: torch.Tensor, text_input: torch.Tensor, text_mask: torch.Tensor,
+                      reference: bool = False) -> torch.Tensor:
+        """Features at every exit in one pass: (N, num_exits, hidden). Used for training and calibration.
+
+        ``reference``: the reference feature comes first, (N, 1 + num_exits, hidden).
+        """
+        return torch.stack([feature for _, feature in self.iter_exit_features(visual, text_input, text_mask,
+                                                                              reference=reference)], dim=1)
 
     # ---- checkpoints
     def save_pretrained(self, directory: str | Path) -> None:

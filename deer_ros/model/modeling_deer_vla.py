@@ -48,13 +48,11 @@ from .modeling_deer import (
     DeerVLA,
     HeadOutput,
     LSTMState,
+    exit_group_features,
     load_capped_safetensors,
     masked_max_pool,
     read_capped_config,
 )
-
-# ``iter_exit_features(..., reference=True)`` yields this index for the features one layer before the first exit.
-REFERENCE = -1
 
 # --------------------------------------------------------------------------- vision
 
@@ -424,17 +422,13 @@ class DeerVLAFlamingo(nn.Module):
     def iter_exit_features(self, visual: torch.Tensor, text_input: torch.Tensor, text_mask: torch.Tensor,
                            num_exits: int | None = None, reference: bool = False
                            ) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(exit_index, feature (N, d_model))`` after each exit group.
+        """Yield ``(exit_index, feature (N, d_model))`` after each exit group (:func:`exit_group_features`).
 
-        Layers of a group run only when the caller asks for the next item, so
-        a consumer that stops iterating never runs the layers past its exit.
         ``text_input``: token ids (N, L) from
         :class:`~deer_ros.model.tokenization_deer_vla.FlamingoPromptEncoder`.
         ``reference``: first yield ``(REFERENCE, feature)`` read one layer
         before the first exit (upstream's comparison for the first exit).
         """
-        if reference and not self.config.first_exit_reference:
-            raise ValueError(f'{self.config.name} was not configured with first_exit_reference')
         if text_input.shape[0] != visual.shape[0]:
             text_input = text_input.expand(visual.shape[0], -1)
             text_mask = text_mask.expand(visual.shape[0], -1)
@@ -442,18 +436,14 @@ class DeerVLAFlamingo(nn.Module):
         media_locations = text_input == self.config.decoder.media_token_id
         hidden = decoder.wte(text_input)
         alibi, disallowed = decoder.attention_inputs(text_mask, hidden.dtype)
-        layer = 0
-        for exit_index, end in enumerate(self.exit_layers[:num_exits]):
-            for index in range(layer, end):
-                hidden = decoder.layer(index, hidden, visual, media_locations, alibi, disallowed)
-                if reference and exit_index == 0 and index == end - 2:
-                    yield REFERENCE, self._pool(hidden, text_mask)
-            layer = end
-            yield exit_index, self._pool(hidden, text_mask)
 
-    def exit_features(self, visual: torch.Tensor, text_input: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """Features at every exit in one pass: (N, num_exits, d_model). Used for training and calibration."""
-        return torch.stack([feature for _, feature in self.iter_exit_features(visual, text_input, text_mask)], dim=1)
+        def run_layer(index: int, hidden: torch.Tensor) -> torch.Tensor:
+            return decoder.layer(index, hidden, visual, media_locations, alibi, disallowed)
+
+        yield from exit_group_features(self.config, hidden, run_layer, lambda states: self._pool(states, text_mask),
+                                       num_exits, reference)
+
+    exit_features = DeerVLA.exit_features  # (N, num_exits, d_model) in one pass: training and calibration
 
     # ---- cost counting (deer_ros.model.flops)
     def resident_modules(self, num_layers: int) -> list[nn.Module]:

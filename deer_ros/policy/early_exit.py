@@ -36,8 +36,7 @@ from deer_ros.budget.exit_criterion import ExitCriterion
 from deer_ros.calvin_layout import GRIPPER_CLOSE, GRIPPER_OPEN
 from deer_ros.model.cost import CostTable
 from deer_ros.model.family import AnyModel, TextEncoder, instruction_encoder_for
-from deer_ros.model.modeling_deer import LSTMState
-from deer_ros.model.modeling_deer_vla import REFERENCE
+from deer_ros.model.modeling_deer import REFERENCE, LSTMState
 from deer_ros.policy.types import Action, ExitInfo, Observation
 
 Precision = Literal['fp32', 'bf16', 'fp16']
@@ -83,7 +82,7 @@ class EarlyExitPolicy:
     def set_criterion(self, criterion: ExitCriterion) -> None:
         if criterion.num_exits != self.num_exits:
             raise ValueError(f'criterion has {criterion.num_exits} thresholds but the model has {self.num_exits} exits')
-        if criterion.first_exit_checked and not getattr(self.model.config, 'first_exit_reference', False):
+        if criterion.first_exit_checked and not self.model.config.first_exit_reference:
             raise ValueError('the criterion decides the first exit, which needs a model with first_exit_reference')
         self.criterion = criterion
 

@@ -48,6 +48,12 @@ def consistency_values(kind: str, num_samples: int, num_exits: int, seed: int = 
     return values
 
 
+def decided_values(num_samples: int, num_exits: int, seed: int = 0) -> np.ndarray:
+    """(N, n) consistency matrix of a model with ``first_exit_reference``: column 0 is exit 0 against a reference
+    (converging poses with one more, shallower "exit" in front)."""
+    return exit_consistency(converging_poses(num_samples, num_exits + 1, seed))[:, 1:]
+
+
 def layer_costs(num_exits: int) -> np.ndarray:
     """MPT-1B-like cumulative LLM GFLOPs: 1.3 per layer, exits every 2 layers."""
     return 1.3 * 2 * np.arange(1, num_exits + 1) + 0.1
@@ -62,6 +68,11 @@ def distribution(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make_values() -> Callable[..., np.ndarray]:
     return consistency_values
+
+
+@pytest.fixture
+def make_decided_values() -> Callable[..., np.ndarray]:
+    return decided_values
 
 
 @pytest.fixture

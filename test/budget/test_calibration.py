@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from deer_ros.budget.calibration import (CalibrationData, CalibrationFileError, calibration_path,
-                                         file_sha256)
+from deer_ros.budget.calibration import CalibrationData, CalibrationFileError, calibration_path, file_sha256
 
 LAYERS = (2, 4, 6, 8)
 
@@ -95,3 +94,15 @@ def test_malformed_values_in_file(tmp_path, column, value, message):
 def test_malformed_data_rejected(values, layers, metric, message):
     with pytest.raises(ValueError, match=message):
         CalibrationData(values, metric, layers)
+
+
+def test_a_model_with_the_first_exit_reference_fills_column_0(tmp_path, data, make_decided_values):
+    assert not data.first_exit_checked
+    decided = CalibrationData(make_decided_values(64, 4), 'rms', LAYERS)
+    assert decided.first_exit_checked
+    loaded = CalibrationData.load(decided.save(tmp_path / 'c.npz'))
+    assert loaded.first_exit_checked and np.array_equal(loaded.values, decided.values)
+    partly = decided.values.copy()
+    partly[5, 0] = np.nan  # column 0 is NaN throughout or finite throughout
+    with pytest.raises(ValueError, match='column 0 must be NaN, or finite everywhere'):
+        CalibrationData(partly, 'rms', LAYERS)

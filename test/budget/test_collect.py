@@ -10,7 +10,8 @@ from deer_ros.budget.calibration import CalibrationData, calibration_path, check
 from deer_ros.budget.collect import collect_calibration, default_positions, history_exits, window_consistency
 from deer_ros.budget.exit_criterion import exit_consistency
 from deer_ros.budget.solver import solve_average_budget
-from deer_ros.model import DeerVLA, load_config
+from deer_ros.model import DeerVLA, load_config, load_model
+from deer_ros.model.builder import with_first_exit_reference
 from deer_ros.model.tokenization import InstructionEncoder
 
 WINDOW = 6
@@ -95,3 +96,54 @@ def test_calibrate_command_writes_beside_the_weights(model, windows, tmp_path, c
                                 checkpoint_sha256=checkpoint_sha256(tmp_path / 'ckpt'))
     assert data.metadata['num_windows'] == 3
     assert 'feasible average LLM budget' in capsys.readouterr().out
+
+
+def test_the_reference_fills_column_0_and_leaves_the_other_columns(model):
+    """With reference features, column 0 is exit 0 against the reference from the same history; 1.. unchanged."""
+    rng = np.random.default_rng(2)
+    features = torch.randn(2, WINDOW, model.num_exits, model.config.decoder.hidden_size)
+    reference = torch.randn(2, WINDOW, model.config.decoder.hidden_size)
+    exits = history_exits(rng, (2, WINDOW), model.num_exits, first_exit_checked=True)
+    positions = (1, 4)
+    values = window_consistency(model, features, exits, positions, 'rms', reference).reshape(2, 2, -1)
+    plain = window_consistency(model, features, exits, positions, 'rms').reshape(2, 2, -1)
+    np.testing.assert_allclose(values[..., 1:], plain[..., 1:], rtol=1e-6)
+    assert np.all(np.isnan(plain[..., 0])) and exits.min() == 0  # the rule can choose exit 0: so can histories
+    with torch.no_grad():
+        for b in range(2):
+            for p, s in enumerate(positions):
+                state = model.action_head(features[b, :s][torch.arange(s), exits[b, :s]][None]).state
+                poses = [model.action_head(step.view(1, 1, -1), state).pose[0, 0].double().numpy()
+                         for step in (reference[b, s], features[b, s, 0])]
+                np.testing.assert_allclose(values[b, p, 0], exit_consistency(np.stack(poses))[1], rtol=1e-5)
+
+
+def test_a_model_with_the_first_exit_reference_is_calibrated_on_exit_0(model, windows):
+    referenced = with_first_exit_reference(model).eval()
+    data = collect_calibration(referenced, InstructionEncoder(model.config.decoder), windows, batch_size=4,
+                               progress=False)
+    assert data.first_exit_checked and np.all(np.isfinite(data.values)) and np.all(data.values > 0)
+    assert data.metadata['history_exits'] == 'uniform over exits 0..n-1'
+    costs = np.arange(1.0, model.num_exits + 1)
+    result = solve_average_budget(data.values, costs, 1.5, tolerance=0.1)  # below exit 1's cost of 2
+    assert result.exit_histogram[0] > 0 and result.realised_cost < 2.0
+
+
+def test_calibrate_switches_the_reference_on_into_a_new_checkpoint(model, windows, tmp_path, capsys):
+    from deer_ros.cli import main
+    model.save_pretrained(tmp_path / 'ckpt')
+    before = checkpoint_sha256(tmp_path / 'ckpt')
+    args = ['calibrate', '--checkpoint', str(tmp_path / 'ckpt'), '--data', str(windows.split_dir),
+            '--window', str(WINDOW), '--stride', '4', '--max-windows', '3']
+    assert main(args + ['--first-exit-reference', str(tmp_path / 'referenced')]) == 0
+    switched = load_model(tmp_path / 'referenced')
+    assert switched.config.first_exit_reference and not load_model(tmp_path / 'ckpt').config.first_exit_reference
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(switched.state_dict()[name], tensor), name
+    data = CalibrationData.load(tmp_path / 'referenced' / 'calibration.npz',
+                                checkpoint_sha256=checkpoint_sha256(tmp_path / 'referenced'))
+    assert data.first_exit_checked
+    assert checkpoint_sha256(tmp_path / 'ckpt') == before and not (tmp_path / 'ckpt' / 'calibration.npz').exists()
+    assert 'median consistency, exits 1..' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match='a new directory'):
+        main(args + ['--first-exit-reference', str(tmp_path / 'ckpt')])

@@ -127,3 +127,25 @@ def test_refined_thresholds_for_exactly_their_budget_cap_and_kind(cost_table, ca
     other_kind = ThresholdController(cost_table, calibration, refined=[dataclasses.replace(entry, cost_kind='total')])
     np.testing.assert_allclose(other_kind.solve(Budget(avg_gflops=middle)).criterion.thresholds,
                                offline.criterion.thresholds)
+
+
+def test_a_calibration_that_decides_exit_0_puts_the_first_exit_rule_in_force(cost_table, calibration,
+                                                                             make_decided_values):
+    """Every criterion the controller solves or is given checks exit 0; averages below exit 1's cost are met."""
+    costs = exit_costs(cost_table)
+    plain = ThresholdController(cost_table, calibration, budget=Budget(avg_gflops=costs[2]))
+    assert not plain.solution.criterion.first_exit_checked and plain.feasible_average()[0] == costs[1]
+    decided = CalibrationData(make_decided_values(2000, cost_table.num_exits, seed=3), 'rms', cost_table.exit_layers)
+    below_the_floor = 0.5 * (costs[0] + costs[1])
+    controller = ThresholdController(cost_table, decided, budget=Budget(avg_gflops=below_the_floor),
+                                     track_average=True)
+    solution = controller.solution
+    assert solution.criterion.first_exit_checked and solution.average.realised_cost < costs[1]
+    assert controller.feasible_average() == (costs[0], costs[-1])
+    assert controller.describe()['avg tracking'].startswith('solver target')
+    controller.use_thresholds(solution.criterion.thresholds)
+    assert controller.solution.criterion.first_exit_checked
+    entry = RefinedEntry(below_the_floor, solution.cap, 'llm', tuple(solution.criterion.thresholds), 1.0,
+                         below_the_floor)  # refined by `deer-ros refine`: tuned under the calibration's rule
+    refined = ThresholdController(cost_table, decided, refined=[entry], budget=Budget(avg_gflops=below_the_floor))
+    assert refined.solution.criterion.first_exit_checked

@@ -123,3 +123,22 @@ def test_too_coarse_calibration_is_reported(make_costs):
     with pytest.raises(BudgetError, match='collect more calibration samples'):
         solve_average_budget(values, costs, 0.5 * (costs[1] + costs[2]))
     assert solve_average_budget(values, costs, costs[2]).exit_histogram.tolist() == [0, 0, 1, 0]
+
+
+def test_a_decided_first_exit_lowers_the_floor_to_exit_zero(make_decided_values, make_values, make_costs):
+    """Column 0 holds exit 0's differences from the first-exit reference: budgets below exit 1's cost are met."""
+    decided, costs = make_decided_values(3000, 6, seed=2), make_costs(6)
+    assert feasible_range(costs, first_exit_checked=True) == (costs[0], costs[-1])
+    below_the_floor = 0.5 * (costs[0] + costs[1])
+    with pytest.raises(BudgetError, match=r'\(exit 2 \.\. exit 6\)'):
+        solve_average_budget(make_values('converging', 3000, 6, seed=2), costs, below_the_floor)
+    results = [solve_average_budget(decided, costs, budget) for budget in np.linspace(costs[0], costs[-1], 40)]
+    for result in results:
+        exits = first_exits(decided, result.thresholds, first_exit_checked=True)
+        assert np.bincount(exits, minlength=6) / 3000 == pytest.approx(result.exit_histogram)
+        assert abs(result.relative_error) <= 0.02
+    assert results[0].exit_histogram[0] == 1.0 and np.all(np.diff([r.average_exit for r in results]) >= 0)
+    result = solve_average_budget(decided, costs, below_the_floor)
+    assert 0 < result.exit_histogram[0] < 1 and np.isfinite(result.thresholds[0])
+    with pytest.raises(BudgetError, match=r'\(exit 1 \.\. exit 6\)'):
+        solve_average_budget(decided, costs, 0.9 * costs[0])

@@ -243,8 +243,9 @@ def test_either_family_loads_by_name_file_or_directory(files: UpstreamFiles, imp
     assert isinstance(fresh, DeerVLAFlamingo) and fresh.num_exits == 2
     assert checkpoint_config(output).decoder.tokenizer_path == str((output / 'tokenizer').resolve())
     calibration = synthetic_calibration(load_model(output), windows=4)  # budget/collect.py on a DeeR-VLA model
-    assert calibration.values.shape[1] == 3 and np.all(np.isnan(calibration.values[:, 0]))
-    assert np.all(np.isfinite(calibration.values[:, 1:]))
+    # first_exit_reference (upstream's rule): column 0 is exit 0 against the layer before it, as upstream's first row
+    assert calibration.values.shape[1] == 3 and calibration.first_exit_checked
+    assert np.all(np.isfinite(calibration.values))
 
 
 def _upstream_reference_thresholds(values: np.ndarray, ratio: float) -> np.ndarray:

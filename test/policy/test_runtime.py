@@ -126,3 +126,23 @@ def test_every_step_runs_under_the_thresholds_the_controller_has_in_force(tiny_c
     _, info = runtime.step(observation, 'open the drawer')
     assert info.exit_index == 5
     np.testing.assert_array_equal(info.thresholds, explicit)
+
+
+def test_a_first_exit_reference_model_stops_below_the_two_layer_floor(tmp_path):
+    """One layer per exit: with the reference the rule decides exit 0, so averages under 2 layers are met."""
+    config = dataclasses.replace(load_config('tiny'), exit_interval=1, num_exits=12, first_exit_reference=True)
+    config.save(tmp_path / 'referenced.json')
+    runtime = PolicyRuntime(tmp_path / 'referenced.json', warn=lambda message: None)  # synthetic calibration
+    costs = runtime.cost_table.llm_gflops
+    assert runtime.thresholds.calibration.first_exit_checked
+    assert runtime.thresholds.feasible_average() == (costs[0], costs[-1])
+    below_the_floor = 0.5 * (costs[0] + costs[1])
+    solution = _set_budget(runtime, Budget(avg_gflops=below_the_floor))
+    assert solution.criterion.first_exit_checked and solution.average.exit_histogram[0] > 0
+    assert abs(solution.average.realised_cost - below_the_floor) <= 0.02 * below_the_floor
+    runtime.thresholds.use_thresholds(np.full(12, np.inf))  # stop wherever the rule first decides: exit 0
+    runtime.reset()
+    infos = [runtime.step(observation, 'open the drawer')[1] for observation in _observations()]
+    assert [info.exit_index for info in infos] == [0, 0, 0]
+    assert all(len(info.consistency) == 1 and np.isfinite(info.consistency[0]) for info in infos)
+    assert infos[0].llm_gflops == costs[0] < costs[1]
