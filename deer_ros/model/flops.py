@@ -140,7 +140,8 @@ def instruction_gflops(config: AnyConfig, instruction: str = 'pick the red block
 @functools.lru_cache(maxsize=1)
 def _code_fingerprint() -> str:
     sources = [Path(__file__), Path(__file__).with_name('cost.py'),
-               *(Path(__file__).with_name(name) for name in ('modeling_deer.py', 'modeling_deer_vla.py'))]
+               *(Path(__file__).with_name(name) for name in ('modeling_deer.py', 'modeling_deer_vla.py',
+                                                             'efficientnet_lite.py'))]
     return hashlib.sha256(b''.join(path.read_bytes() for path in sources)).hexdigest()[:12]
 
 

@@ -28,6 +28,7 @@ and :meth:`DeerVLA.from_pretrained` never reads their weights.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,10 +143,14 @@ def trunk_features(config: VisionConfig, images: torch.Tensor, camera: str) -> t
     """Frozen-trunk features (N, C, g, g) of uint8 frames on their device, rounded to fp16.
 
     The one definition of what the training feature cache stores and what the model computes live, so a
-    cached and a freshly computed frame give the same action.
+    cached and a freshly computed frame give the same action. Always fp32 inside (autocast off): the cache is
+    built that way, and a bf16/fp16 policy would otherwise see features ~4 % off the ones it was trained on.
     """
     trunk = frozen_trunk(config.feature_blocks, str(images.device))
-    return trunk(prepare_images(images, camera_image_size(config, camera))).to(torch.float16)
+    autocast_off = torch.autocast(images.device.type, enabled=False) \
+        if torch.amp.is_autocast_available(images.device.type) else contextlib.nullcontext()  # meta: cost counting
+    with autocast_off:
+        return trunk(prepare_images(images, camera_image_size(config, camera))).to(torch.float16)
 
 
 def build_vision_encoder(config: VisionConfig, camera: str) -> nn.Module:

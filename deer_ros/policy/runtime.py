@@ -146,6 +146,7 @@ class PolicyRuntime:
                  'average-GFLOPs budgets will be approximate on real data (run `deer-ros calibrate`)')
             calibration = synthetic_calibration(model, metric, seed=seed)
         self.instruction_encoder = instruction_encoder_for(self.config)
+        self._first_exit_checked = calibration.first_exit_checked  # timed steps include the reference head pass
         self.latency_cache = latency_cache or LatencyCache()
         self.latency_reused = False
         self.latency_watch: LatencyWatch | None = None
@@ -209,7 +210,7 @@ class PolicyRuntime:
     def _measure_latency(self, model: AnyModel) -> LatencyTable:
         """Time every exit of the full ``model`` and cache the table."""
         table = measure_latency_table(model, self._latency_key(), instruction_encoder=self.instruction_encoder,
-                                      cost_table=self.cost_table)
+                                      cost_table=self.cost_table, first_exit_checked=self._first_exit_checked)
         self.latency_cache.save(table)
         return table
 
