@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'demo': ('deer_ros.cli.demo', 'Run the early-exit policy and report exits, GFLOPs and latency.'),
@@ -32,7 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends a command as Ctrl-C does: collections write their index files, evaluations and trainings keep
+    what they finished. A job started in the background of a script ignores SIGINT, so ``kill`` (SIGTERM) is
+    the only way to stop it, and without this it would lose a collection's whole index."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        signal.signal(signal.SIGTERM, _terminate)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS:
         build_parser().parse_args(argv or ['--help'])
