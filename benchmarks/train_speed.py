@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--precision', default='bf16', help='autocast dtype on GPU (ignored on CPU)')
     parser.add_argument('--no-cache', dest='cached', action='store_false',
-                        help='frozen-trunk configs run the trunk on images every step instead of reading cached features')
+                        help='frozen-trunk configs run the trunk on images every step, not from cached features')
     parser.add_argument('--output', help='write the rows as JSON here')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -232,7 +232,8 @@ class DeerConfig(ExitModelConfig):
             raise ConfigError(f'vision.encoder must be one of {VISION_ENCODERS}, got {self.vision.encoder!r}')
         if self.vision.gripper_image_size and self.vision.encoder not in FROZEN_VISION_ENCODERS:
             raise ConfigError('vision.gripper_image_size is supported by the frozen-trunk encoders '
-                              f'{FROZEN_VISION_ENCODERS} only; {self.vision.encoder!r} sizes both cameras by image_size')
+                              f'{FROZEN_VISION_ENCODERS} only; {self.vision.encoder!r} sizes both cameras by '
+                              'image_size')
         if self.decoder.source not in DECODER_SOURCES:
             raise ConfigError(f'decoder.source must be one of {DECODER_SOURCES}, got {self.decoder.source!r}')
         if self.decoder.tokenizer not in TOKENIZERS:
