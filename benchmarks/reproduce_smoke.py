@@ -1,8 +1,9 @@
 """Smoke run of scripts/reproduce_default_policy.sh: every stage for real, at the smallest sizes, then the checks.
 
-collect (two recordings in parallel, then the hard tasks with two workers) -> feature cache -> train -> calibrate
--> evaluate -> install, with 12 + 11 + 6 demos (so the validation split, 10 %, that calibration is collected on is
-not empty) and a step or two per training stage. It takes minutes, so the test suite runs a reduced form instead
+collect -> train -> + proprio -> + sentence encoder -> 12 exits -> calibrate -> evaluate -> install, with
+12 demos (so the validation split, 10 %, that calibration is collected on is not empty) and a step or two per
+training stage. It takes minutes (184 s at load average ~3.5, most of it the proprio stage's head steps and the
+evaluation's rendered chain), so the test suite runs a reduced form instead
 (test/cli/test_demo_and_benchmarks.py: every stage's command line against the real parser).
 
     .venv/bin/python benchmarks/reproduce_smoke.py
@@ -20,7 +21,8 @@ from pathlib import Path
 from deer_ros.policy.runtime import PolicyRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = {'DEMOS_A': '12', 'DEMOS_B': '11', 'EXTRA_DEMOS': '6', 'JOINT_STEPS': '2', 'HEAD_STEPS': '1', 'BATCH': '2',
+SMOKE = {'DEMOS': '12', 'JOINT_STEPS': '2', 'HEAD_STEPS': '1', 'PROPRIO_STEPS': '2', 'PROPRIO_HEAD_STEPS': '1',
+         'BATCH': '2', 'TEXT_STEPS': '2', 'TEXT_HEAD_STEPS': '1', 'TEXT_BATCH': '2', 'EXIT_HEAD_STEPS': '1',
          'CHAINS': '1'}
 
 
@@ -41,7 +43,6 @@ def main() -> None:
                                                      'train_config.json', 'evaluation.json'}
     runtime = PolicyRuntime(installed)
     assert runtime.config.use_proprio and runtime.config.decoder.tokenizer == 'minilm'
-    assert runtime.config.vision.encoder == 'efficientnet_lite0'
     assert runtime.config.exit_layers == tuple(range(1, 13))
     assert runtime.calibration_source.endswith('calibration.npz')
     assert json.loads((installed / 'evaluation.json').read_text())['num_chains'] == 1
