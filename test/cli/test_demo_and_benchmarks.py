@@ -127,10 +127,9 @@ elif command == 'evaluate':
 """
 
 
-def test_reproduce_script_stages_are_valid_commands(tmp_path: Path) -> None:
-    """Reduced form of the smoke run (the full one, minutes long: benchmarks/reproduce_smoke.py): every stage of
-    scripts/reproduce_default_policy.sh is a command line the real `deer-ros` parser accepts, each stage starts
-    from the one before it, the knobs reach their options, and the install step copies the five files."""
+def run_script_with_fake_python(tmp_path: Path, script: str, knobs: dict[str, str]) -> tuple[list, Path]:
+    """Run ``scripts/<script>`` with FAKE_PYTHON: every stage's ``deer-ros`` arguments parsed by the real
+    subcommand parser (an option the CLI does not have fails the test), in order, and the install directory."""
     import argparse
     import importlib
 
@@ -140,56 +139,48 @@ def test_reproduce_script_stages_are_valid_commands(tmp_path: Path) -> None:
     fake = tmp_path / 'python'
     fake.write_text(FAKE_PYTHON.format(python=sys.executable, log=str(log)))
     fake.chmod(0o755)
-    installed, work = tmp_path / 'installed', tmp_path / 'work'
-    env = {**os.environ, 'PYTHON': str(fake), 'WORK': str(work), 'DEMOS': '12', 'JOINT_STEPS': '2',
-           'HEAD_STEPS': '1', 'CHAINS': '3', 'INSTALL_DIR': str(installed)}
-    subprocess.run(['bash', str(ROOT / 'scripts' / 'reproduce_default_policy.sh')], env=env, check=True, cwd=ROOT,
-                   timeout=60, capture_output=True)
-    commands = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [argv[:3] for argv in commands] == [['-m', 'deer_ros.cli', name] for name in
-                                               ('collect', 'train', 'train', 'train', 'train', 'evaluate')]
-    parsed = []
-    for argv in commands:
+    installed = tmp_path / 'installed'
+    env = {**os.environ, 'PYTHON': str(fake), 'WORK': str(tmp_path / 'work'), 'INSTALL_DIR': str(installed), **knobs}
+    subprocess.run(['bash', str(ROOT / 'scripts' / script)], env=env, check=True, cwd=ROOT, timeout=60,
+                   capture_output=True)
+    stages = []
+    for line in log.read_text().splitlines():
+        argv = json.loads(line)
+        assert argv[:2] == ['-m', 'deer_ros.cli']
         parser = argparse.ArgumentParser()
         importlib.import_module(SUBCOMMANDS[argv[2]][0]).add_arguments(parser)
-        parsed.append(parser.parse_args(argv[3:]))  # exits (fails the test) on an option the CLI does not have
-    collect, *trains, evaluate = parsed
+        stages.append((argv[2], parser.parse_args(argv[3:])))
+    return stages, installed
+
+
+INSTALLED_FILES = {'config.json', 'model.safetensors', 'calibration.npz', 'train_config.json', 'evaluation.json'}
+
+
+def test_reproduce_script_stages_are_valid_commands(tmp_path: Path) -> None:
+    """Reduced form of the smoke run (the full one, minutes long: benchmarks/reproduce_smoke.py): every stage of
+    scripts/reproduce_default_policy.sh is a command line the real `deer-ros` parser accepts, each stage starts
+    from the one before it, the knobs reach their options, and the install step copies the five files."""
+    stages, installed = run_script_with_fake_python(tmp_path, 'reproduce_default_policy.sh', {
+        'DEMOS': '12', 'JOINT_STEPS': '2', 'HEAD_STEPS': '1', 'CHAINS': '3'})
+    assert [name for name, _ in stages] == ['collect', 'train', 'train', 'train', 'train', 'evaluate']
+    collect, *trains, evaluate = [args for _, args in stages]
     assert collect.episodes == 12 and trains[0].model == 'tiny'
     assert (trains[0].joint_steps, trains[0].head_steps) == (2, 1)
     for before, after in zip(trains, trains[1:]):
         assert after.model == f'{before.output}/policy' and after.data == [str(collect.output)]
     assert trains[1].add_proprio and trains[2].sentence_encoder and trains[3].exit_interval == 1
     assert evaluate.policy_kwargs == {'source': f'{trains[3].output}/policy'} and evaluate.num_chains == 3
-    assert {p.name for p in installed.iterdir()} == {'config.json', 'model.safetensors', 'calibration.npz',
-                                                     'train_config.json', 'evaluation.json'}
+    assert {p.name for p in installed.iterdir()} == INSTALLED_FILES
 
 
 def test_efficientnet_script_stages_are_valid_commands(tmp_path: Path) -> None:
     """scripts/train_efficientnet_policy.sh (issue 20's frozen-trunk run): every stage is a command line the real
     `deer-ros` parser accepts, the second training starts from the first's policy on the same data, the knobs reach
     their options, and the install step copies the five files."""
-    import argparse
-    import importlib
-
-    from deer_ros.cli import SUBCOMMANDS
-
-    log = tmp_path / 'commands.jsonl'
-    fake = tmp_path / 'python'
-    fake.write_text(FAKE_PYTHON.format(python=sys.executable, log=str(log)))
-    fake.chmod(0o755)
-    installed, work = tmp_path / 'installed', tmp_path / 'work'
-    env = {**os.environ, 'PYTHON': str(fake), 'WORK': str(work), 'DEMOS_A': '12', 'DEMOS_B': '11',
-           'EXTRA_DEMOS': '6', 'JOINT_STEPS': '2', 'HEAD_STEPS': '1', 'CHAINS': '3', 'INSTALL_DIR': str(installed)}
-    subprocess.run(['bash', str(ROOT / 'scripts' / 'train_efficientnet_policy.sh')], env=env, check=True, cwd=ROOT,
-                   timeout=60, capture_output=True)
-    commands = [json.loads(line) for line in log.read_text().splitlines()]
-    assert sorted(argv[2] for argv in commands) == ['collect', 'collect', 'collect', 'evaluate', 'train', 'train']
-    parsed = {}
-    for argv in commands:
-        parser = argparse.ArgumentParser()
-        importlib.import_module(SUBCOMMANDS[argv[2]][0]).add_arguments(parser)
-        args = parser.parse_args(argv[3:])  # exits (fails the test) on an option the CLI does not have
-        parsed[Path(args.output).name] = args
+    stages, installed = run_script_with_fake_python(tmp_path, 'train_efficientnet_policy.sh', {
+        'DEMOS_A': '12', 'DEMOS_B': '11', 'EXTRA_DEMOS': '6', 'JOINT_STEPS': '2', 'HEAD_STEPS': '1', 'CHAINS': '3'})
+    assert sorted(name for name, _ in stages) == ['collect', 'collect', 'collect', 'evaluate', 'train', 'train']
+    parsed = {Path(args.output).name: args for _, args in stages}
     assert (parsed['demos_a'].episodes, parsed['demos_b'].episodes, parsed['demos_extra'].episodes) == (12, 11, 6)
     assert parsed['demos_extra'].workers == 2 and parsed['demos_extra'].tasks
     first, second = parsed['train'], parsed['train2']
@@ -199,5 +190,4 @@ def test_efficientnet_script_stages_are_valid_commands(tmp_path: Path) -> None:
     assert second.model == f'{first.output}/policy' and second.data == first.data
     evaluate = parsed['evaluation.json']
     assert evaluate.policy_kwargs == {'source': f'{second.output}/policy'} and evaluate.num_chains == 3
-    assert {p.name for p in installed.iterdir()} == {'config.json', 'model.safetensors', 'calibration.npz',
-                                                     'train_config.json', 'evaluation.json'}
+    assert {p.name for p in installed.iterdir()} == INSTALLED_FILES
